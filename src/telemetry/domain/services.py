@@ -1,0 +1,268 @@
+"""The use cases: accept readings, drain batches into the lake, aggregate hours."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from telemetry.domain import lake
+from telemetry.domain.aggregation import HourAggregate, aggregate, dedupe
+from telemetry.domain.batching import Batch, Batcher, BatchPolicy
+from telemetry.domain.errors import Forbidden, InvalidReadings, NotFound, PoisonMessage
+from telemetry.domain.keys import Principal
+from telemetry.domain.latency import LatencyDistribution
+from telemetry.domain.packing import pack, unpack
+from telemetry.domain.ports import Clock, Queue, Storage
+from telemetry.domain.readings import (
+    Reading,
+    ReadingRules,
+    Record,
+    derive_reading_id,
+    encode_record,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(t: datetime) -> int:
+    return (t - _EPOCH) // _MS
+
+
+# ---------------------------------------------------------------- ingest
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    reading_ids: list[str]
+    messages: int
+
+
+class AcceptReadings:
+    """Check a request's readings, then enqueue all of them durably, or none."""
+
+    def __init__(self, queue: Queue, clock: Clock, rules: ReadingRules) -> None:
+        self.queue = queue
+        self.clock = clock
+        self.rules = rules
+
+    def prepare(
+        self, readings: Sequence[Reading], principal: Principal | None
+    ) -> tuple[list[str], list[bytes]]:
+        """Validate and pack; pure CPU work. Raises InvalidReadings or Forbidden."""
+        now = self.clock.now()
+        problems = self.rules.check(readings, now)
+        if problems:
+            raise InvalidReadings(problems)
+        if principal is not None:
+            denied = sorted({r.vehicle_id for r in readings if not principal.allows(r.vehicle_id)})
+            if denied:
+                raise Forbidden(denied)
+        received_ms = epoch_ms(now)
+        ids: list[str] = []
+        items: list[tuple[int, bytes, int]] = []
+        for r in readings:
+            rid = r.reading_id or derive_reading_id(r.vehicle_id, r.ts, r.signals)
+            ids.append(rid)
+            ts = r.ts.astimezone(UTC)
+            line = encode_record(Record(rid, r.vehicle_id, ts, now, r.signals)) + b"\n"
+            t_ms = epoch_ms(ts)
+            items.append((t_ms // 3_600_000 * 3600, line, t_ms))
+        return ids, pack(items, received_ms, self.queue.max_message_bytes)
+
+    def execute(self, readings: Sequence[Reading], principal: Principal | None) -> Accepted:
+        ids, bodies = self.prepare(readings, principal)
+        self.queue.send(bodies)  # raises QueueUnavailable
+        return Accepted(ids, len(bodies))
+
+
+# ---------------------------------------------------------------- drain
+
+
+@dataclass(slots=True)
+class FileWritten:
+    key: str
+    hour: datetime
+    readings: int
+    bytes: int
+    messages: int
+    received_to_stored: LatencyDistribution
+    ts_to_stored: LatencyDistribution
+
+
+@dataclass(slots=True)
+class PollResult:
+    received: int = 0
+    files: list[FileWritten] = field(default_factory=list)
+    poison: list[tuple[str, str]] = field(default_factory=list)  # (message id, why)
+
+
+class DrainBatches:
+    """The worker's use case: receive messages, batch them per hour, write files, delete.
+
+    A message is deleted only after the file holding its readings is stored, so a crash at any
+    point leaves it in the queue to come back (at-least-once). A message that cannot be
+    unpacked is left alone: the queue dead-letters it after max receives.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        storage: Storage,
+        clock: Clock,
+        policy: BatchPolicy,
+        *,
+        compress: bool = False,
+        receive_max: int = 10,
+    ) -> None:
+        self.queue = queue
+        self.storage = storage
+        self.clock = clock
+        self.batcher = Batcher(policy)
+        self.compress = compress
+        self.receive_max = receive_max
+
+    def poll(self, wait_seconds: float) -> PollResult:
+        """One receive, then flush whatever is full or old enough."""
+        deadline = self.batcher.next_deadline()
+        if deadline is not None:
+            wait_seconds = max(0.0, min(wait_seconds, deadline - self.clock.monotonic()))
+        messages = self.queue.receive(self.receive_max, wait_seconds)
+        result = PollResult(received=len(messages))
+        ready: list[Batch] = []
+        for m in messages:
+            try:
+                part = unpack(m.body, m.receipt)
+            except PoisonMessage as exc:
+                result.poison.append((m.message_id, str(exc)))
+                continue
+            ready.extend(self.batcher.add(part, self.clock.monotonic()))
+        ready.extend(self.batcher.due(self.clock.monotonic()))
+        result.files = self._flush(ready)
+        return result
+
+    def flush_all(self) -> list[FileWritten]:
+        return self._flush(self.batcher.drain())
+
+    def drain(self, wait_seconds: float = 0.0) -> list[FileWritten]:
+        """Receive until the queue answers empty, then flush everything (`worker --once`)."""
+        files: list[FileWritten] = []
+        while True:
+            r = self.poll(wait_seconds)
+            files.extend(r.files)
+            if r.received == 0:
+                break
+        files.extend(self.flush_all())
+        return files
+
+    def _flush(self, batches: Iterable[Batch]) -> list[FileWritten]:
+        written: list[FileWritten] = []
+        failure: Exception | None = None
+        for b in batches:
+            try:
+                written.append(self._write(b))
+            except Exception as exc:  # the batch's messages stay undeleted and come back
+                failure = exc
+        if failure is not None:
+            raise failure
+        return written
+
+    def _write(self, batch: Batch) -> FileWritten:
+        content = b"".join(p.payload for p in batch.parts)
+        hour = datetime.fromtimestamp(batch.hour, UTC)
+        data = gzip.compress(content, compresslevel=6, mtime=0) if self.compress else content
+        stored = self.clock.now()
+        # Named by content: a rewrite of the same batch lands on the same key.
+        name = f"{stored:%Y%m%dT%H%M%SZ}-{hashlib.blake2b(content, digest_size=10).hexdigest()}"
+        key = lake.raw_key(hour, name, self.compress)
+        self.storage.put(key, data)
+        stored_ms = epoch_ms(self.clock.now())
+        self.queue.delete(batch.receipts)
+        received = LatencyDistribution()
+        event = LatencyDistribution()
+        for p in batch.parts:
+            received.add(stored_ms - p.received_at_ms, p.readings)
+            event.add_many([stored_ms - t for t in p.ts_ms])
+        return FileWritten(
+            key, hour, batch.readings, len(data), len(batch.parts), received, event
+        )
+
+
+# ---------------------------------------------------------------- aggregate
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateResult:
+    hour: datetime
+    key: str
+    files: int
+    raw_records: int
+    readings: int
+    vehicles: int
+
+
+class _State(msgspec.Struct):
+    version: int = 1
+    hours: dict[str, list[str]] = {}
+
+
+_state_decoder = msgspec.json.Decoder(_State)
+_state_encoder = msgspec.json.Encoder()
+_records_decoder = msgspec.json.Decoder(Record)
+
+
+class AggregateHours:
+    """Rewrite an hour's aggregate from all of its raw files; find the hours that changed."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    def read_hour(self, keys: Sequence[str]) -> list[Record]:
+        records: list[Record] = []
+        for key in keys:
+            data = self.storage.get(key)
+            if key.endswith(".gz"):
+                data = gzip.decompress(data)
+            try:
+                records.extend(_records_decoder.decode_lines(data))
+            except msgspec.DecodeError as exc:
+                raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
+        return records
+
+    def hour(self, hour: datetime, keys: Sequence[str] | None = None) -> AggregateResult:
+        if keys is None:
+            keys = [k for k in self.storage.list(lake.raw_prefix(hour)) if lake.is_raw_file(k)]
+        raw = self.read_hour(keys)
+        agg: HourAggregate = aggregate(hour, dedupe(raw))
+        key = lake.aggregate_key(hour)
+        self.storage.put(key, agg.encode())
+        return AggregateResult(hour, key, len(keys), len(raw), agg.readings, len(agg.vehicles))
+
+    def raw_hours(self) -> dict[str, list[str]]:
+        hours: dict[str, list[str]] = {}
+        for key in self.storage.list(lake.RAW):
+            h = lake.hour_of_key(key)
+            if h is not None and lake.is_raw_file(key):
+                hours.setdefault(lake.format_hour(h), []).append(key)
+        return hours
+
+    def changed(self) -> list[AggregateResult]:
+        """Aggregate every hour whose raw files differ from the last run's (all, the first time)."""
+        try:
+            state = _state_decoder.decode(self.storage.get(lake.AGGREGATE_STATE))
+        except NotFound:
+            state = _State()
+        results: list[AggregateResult] = []
+        for hour_text, keys in sorted(self.raw_hours().items()):
+            if sorted(state.hours.get(hour_text, [])) == sorted(keys):
+                continue
+            results.append(self.hour(lake.parse_hour(hour_text), keys))
+            state.hours[hour_text] = sorted(keys)
+            # Saved after every hour: a crash costs at most one hour's work again.
+            self.storage.put(lake.AGGREGATE_STATE, _state_encoder.encode(state))
+        return results
