@@ -86,7 +86,8 @@ def test_drain_writes_one_file_per_hour_then_deletes(queue, storage, clock) -> N
     accept = AcceptReadings(queue, clock, ReadingRules())
     ids = accept.execute([reading("a", m) for m in range(0, 60, 5)], None).reading_ids
     files = drainer(queue, storage, clock).drain()
-    assert {f.hour for f in files} == {T0.replace(minute=0), T0.replace(minute=0) + timedelta(hours=1)}
+    h1 = T0.replace(minute=0)
+    assert {f.hour for f in files} == {h1, h1 + timedelta(hours=1)}
     assert queue.messages == {}
     lines = [
         json.loads(line)

@@ -49,7 +49,8 @@ class _Entry:
 
 
 class MemoryQueue:
-    """SQS semantics in a dict: visibility timeout, receive count, dead-letter after max receives."""
+    """SQS semantics in a dict: visibility timeout, receive count, dead-letter after max
+    receives."""
 
     def __init__(
         self,

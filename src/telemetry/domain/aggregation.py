@@ -10,9 +10,14 @@ aggregating, so a reading never counts twice.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate, compress, count
+from operator import attrgetter, itemgetter, ne
+from typing import Any
 
 import msgspec
 
@@ -36,9 +41,51 @@ def _expansion(values: list[float]) -> tuple[float, ...]:
                 break
             parts.append(s)
             rest.append(-s)
-    except OverflowError:
-        return (math.fsum(parts) + sum(rest),) if parts else (sum(values),)
+    except OverflowError:  # the sum leaves the float range: same expansion, in integers
+        return _exact_expansion(values)
     return tuple(parts)
+
+
+_SCALE_BITS = 1074  # every finite double is an integer multiple of 2**-1074
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def _scaled(x: float) -> int:
+    """`x * 2**1074`, exactly."""
+    n, d = x.as_integer_ratio()
+    return n * ((1 << _SCALE_BITS) // d)
+
+
+def _exact_expansion(values: list[float]) -> tuple[float, ...]:
+    """`_expansion` for sums beyond the float range: the same greedy steps on the exact integer
+    sum, each part clamped to the largest double. A function of the exact sum only, like
+    `_expansion`, so the result still does not depend on order or split."""
+    rest = sum(_scaled(v) for v in values)
+    parts: list[float] = []
+    while rest:
+        try:
+            p = rest / (1 << _SCALE_BITS)  # int / int is correctly rounded
+        except OverflowError:
+            p = _FLOAT_MAX if rest > 0 else -_FLOAT_MAX
+        parts.append(p)
+        rest -= _scaled(p)
+    return tuple(parts)
+
+
+def _tie(v: Num) -> tuple[Num, bool, float]:
+    """Sort key for min/max: equal numbers of different spelling (1 and 1.0, 0.0 and -0.0)
+    resolve the same way whatever the order they come in."""
+    return (v, isinstance(v, float), math.copysign(1.0, v))
+
+
+def _extreme(pick: Callable[..., Num], values: Sequence[Num], mixed: bool) -> Num:
+    """`pick(values, key=_tie)` without a Python call per value: equal values of different
+    spelling exist only among ints mixed with floats, or as 0.0 and -0.0, and only matter when
+    the extreme occurs more than once."""
+    best = pick(values)
+    if (mixed or (best == 0 and isinstance(best, float))) and values.count(best) > 1:
+        return pick((v for v in values if v == best), key=_tie)
+    return best
 
 
 @dataclass(slots=True)
@@ -50,13 +97,19 @@ class SignalStats:
 
     @classmethod
     def of(cls, values: list[Num]) -> SignalStats:
-        return cls(len(values), min(values), max(values), _expansion([float(v) for v in values]))
+        mixed = len(set(map(type, values))) > 1
+        return cls(
+            len(values),
+            _extreme(min, values, mixed),
+            _extreme(max, values, mixed),
+            _expansion([float(v) for v in values]),
+        )
 
     def merge(self, other: SignalStats) -> SignalStats:
         return SignalStats(
             self.count + other.count,
-            min(self.min, other.min),
-            max(self.max, other.max),
+            min(self.min, other.min, key=_tie),
+            max(self.max, other.max, key=_tie),
             _expansion([*self.sum_parts, *other.sum_parts]),
         )
 
@@ -64,8 +117,8 @@ class SignalStats:
     def mean(self) -> float:
         try:
             return math.fsum(self.sum_parts) / self.count
-        except OverflowError:
-            return math.inf if sum(self.sum_parts) > 0 else -math.inf
+        except OverflowError:  # the sum is beyond the float range; the mean never is
+            return sum(_scaled(p) for p in self.sum_parts) / (self.count << _SCALE_BITS)
 
     def to_json(self) -> dict[str, Num]:
         return {"count": self.count, "min": self.min, "max": self.max, "mean": self.mean}
@@ -192,11 +245,209 @@ def dedupe(records: Iterable[Record]) -> list[Record]:
     seen: dict[str, Record] = {}
     for r in records:
         prev = seen.get(r.reading_id)
-        if prev is None:
-            seen[r.reading_id] = r
-        elif prev != r and (r.received_at, encode_record(r)) < (
-            prev.received_at,
-            encode_record(prev),
+        # compare encodings, not values: 1, 1.0 and True are == but differ in the file
+        if prev is None or (
+            (r.received_at, encode_record(r)) < (prev.received_at, encode_record(prev))
         ):
             seen[r.reading_id] = r
     return list(seen.values())
+
+
+# ---------------------------------------------------------------- the fast path for whole files
+#
+# Decoding each line into a `Record` builds a dict per reading, and a str per signal name per
+# reading; that, and a Python step per signal value, is most of the cost of an hour. The lines
+# of an hour mostly share one set of signal names, so `RawDecoder` decodes them into a Struct
+# made for those names (keys are matched, never allocated), and `aggregate_lean` works a column
+# at a time with C-level builtins (sort, map, min, max, fsum). The result is the same value as
+# `aggregate(hour, dedupe(records))` over the same lines.
+
+_Value = bool | int | float | str
+_NUMERIC: frozenset[type] = frozenset((int, float))
+
+
+class _Names(msgspec.Struct):
+    signals: dict[str, msgspec.Raw] = {}
+
+
+_names_decoder = msgspec.json.Decoder(_Names)
+_SAMPLE_BYTES = 64 * 1024
+
+
+class RawDecoder:
+    """Decodes raw lake files into lean records (attributes as `Record`'s, signals a Struct).
+
+    The signal Struct forbids unknown names, so a line with a name not seen before fails that
+    file's decode; the decoder then learns the file's names and decodes it again. Records
+    decoded before that lack the new names: `generation` counts the Structs made, and records
+    of different generations must not be aggregated together (decode them again). A line that
+    `Record` would refuse is refused too (`msgspec.DecodeError`).
+    """
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.generation = 0
+        self._decoder: msgspec.json.Decoder[Any] | None = None
+
+    def decode(self, data: bytes) -> list[Any]:
+        if self._decoder is None:
+            # The first lines usually name every signal of the hour; a miss costs a relearn.
+            cut = data.rfind(b"\n", 0, _SAMPLE_BYTES) + 1
+            self._learn(data[: cut or len(data)])
+        assert self._decoder is not None
+        try:
+            return self._decoder.decode_lines(data)
+        except msgspec.ValidationError as exc:
+            if "unknown field" not in str(exc) or not self._learn(data):
+                raise
+            return self._decoder.decode_lines(data)
+
+    def _learn(self, data: bytes) -> bool:
+        """Add the file's signal names to the Struct; False when there was nothing new."""
+        seen = dict.fromkeys(self.names)
+        for line in _names_decoder.decode_lines(data):
+            seen.update(dict.fromkeys(line.signals))
+        names = tuple(seen)
+        if names == self.names and self._decoder is not None:
+            return False
+        self.names = names
+        self.generation += 1
+        self._decoder = msgspec.json.Decoder(_lean_line_type(names))
+        return True
+
+
+def _lean_line_type(names: tuple[str, ...]) -> type:
+    signals = msgspec.defstruct(
+        "LeanSignals",
+        [(f"s{i}", _Value | msgspec.UnsetType, msgspec.UNSET) for i in range(len(names))],
+        rename={f"s{i}": n for i, n in enumerate(names)},
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+    return msgspec.defstruct(
+        "LeanRecord",
+        [
+            ("reading_id", str),
+            ("vehicle_id", str),
+            ("ts", datetime),
+            ("received_at", datetime),
+            ("signals", signals),
+        ],
+        gc=False,
+    )
+
+
+def aggregate_lean(
+    hour: datetime, records: list[Any], names: Sequence[str]
+) -> HourAggregate | None:
+    """`aggregate(hour, dedupe(...))` over lean records from `RawDecoder` (whose `names` are
+    the signal Struct's fields, in order). None when duplicates differ in a way only the slow
+    path can settle (two copies of a reading_id received at the same instant with different
+    content): the caller then takes the Record path."""
+    kept = _dedupe_lean(records)
+    out = HourAggregate(hour)
+    if kept is None:
+        return None
+    if not kept:
+        return out
+    # A Python step per vehicle and signal, none per value: each column is read once in
+    # decode order (the order the objects lie in memory; reading them in vehicle order costs
+    # a cache miss per value, three times slower), unboxed into an array where it is all
+    # floats or all ints, then put in vehicle order with one permutation, so that each
+    # vehicle's values are a slice for the C builtins (min, max, fsum).
+    vids = list(map(_by_vehicle, kept))
+    vehicles = sorted(set(vids))
+    code = {v: i for i, v in enumerate(vehicles)}
+    codes = list(map(code.__getitem__, vids))
+    sizes = Counter(codes)
+    ends = list(accumulate(sizes[i] for i in range(len(vehicles))))
+    bounds = list(zip(vehicles, [0, *ends[:-1]], ends, strict=True))
+    gather = _gatherer(sorted(range(len(codes)), key=codes.__getitem__))
+    ts = gather(list(map(_by_ts, kept)))
+    sigs = list(map(_by_signals, kept))
+    stats: dict[str, dict[str, SignalStats]] = {v: {} for v in vehicles}
+    for i, name in enumerate(names):
+        col = list(map(attrgetter(f"s{i}"), sigs))
+        kinds = set(map(type, col))
+        numeric = kinds & _NUMERIC
+        if not numeric:
+            continue
+        clean = kinds == numeric  # no bool, str or absent value to skip
+        mixed = len(numeric) > 1
+        floats = numeric == {float}
+        column = gather(_unboxed(col, kinds))
+        for vid, a, b in bounds:
+            vals = column[a:b]
+            if not clean:
+                vals = tuple(v for v in vals if type(v) is int or type(v) is float)
+                if not vals:
+                    continue
+            m = mixed and len(set(map(type, vals))) > 1
+            stats[vid][name] = SignalStats(
+                len(vals),
+                _extreme(min, vals, m),
+                _extreme(max, vals, m),
+                _expansion(list(vals) if floats else list(map(float, vals))),
+            )
+    for vid, a, b in bounds:
+        span = ts[a:b]
+        out.vehicles[vid] = VehicleHour(b - a, min(span), max(span), stats[vid])
+    return out
+
+
+def _gatherer(perm: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """`seq -> tuple(seq[i] for i in perm)`, in C."""
+    if len(perm) == 1:
+        only = perm[0]
+        return lambda seq: (seq[only],)
+    return itemgetter(*perm)
+
+
+def _unboxed(col: list[Any], kinds: set[type]) -> Sequence[Any]:
+    """The column as a C array where it is one numeric type, so the gather reads 8 bytes a
+    value from one block instead of chasing a pointer per value."""
+    if kinds == {float}:
+        return array("d", col)
+    if kinds == {int}:
+        try:
+            return array("q", col)
+        except OverflowError:  # beyond int64: keep the Python ints
+            return col
+    return col
+
+
+_by_vehicle = attrgetter("vehicle_id")
+_by_ts = attrgetter("ts")
+_by_id = attrgetter("reading_id")
+_by_received = attrgetter("received_at")
+_by_signals = attrgetter("signals")
+
+
+def _dedupe_lean(records: list[Any]) -> list[Any] | None:
+    """One record per reading_id, the one received first, as `dedupe`; None when that needs
+    the encodings to break a tie."""
+    ids = list(map(_by_id, records))
+    last = dict(zip(ids, range(len(ids)), strict=True))
+    if len(last) == len(records):
+        return records
+    # Positions that are not their id's last copy, found without a Python step per record.
+    earlier = list(compress(range(len(ids)), map(ne, map(last.__getitem__, ids), count())))
+    copies: dict[str, list[Any]] = {}
+    for i in earlier:
+        copies.setdefault(ids[i], []).append(records[i])
+    drop = set(earlier)
+    winners: list[Any] = []
+    for rid, rs in copies.items():
+        rs.append(records[last[rid]])
+        drop.add(last[rid])
+        first = min(map(_by_received, rs))
+        earliest = [r for r in rs if r.received_at == first]
+        if len({_lean_encoder.encode(r) for r in earliest}) > 1:
+            return None
+        winners.append(earliest[0])
+    out = [r for i, r in enumerate(records) if i not in drop]
+    out.extend(winners)
+    return out
+
+
+_lean_encoder = msgspec.json.Encoder()

@@ -39,6 +39,7 @@ class Batch:
     parts: list[Part] = field(default_factory=list)
     readings: int = 0
     nbytes: int = 0
+    extended_at: float | None = None  # when its messages' visibility was last extended
 
     def add(self, part: Part) -> None:
         self.parts.append(part)

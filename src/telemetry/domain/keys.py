@@ -34,7 +34,7 @@ def format_key(key_id: str, secret: str) -> str:
 def parse_key(text: str) -> tuple[str, str] | None:
     if len(text) > MAX_KEY_LENGTH:
         return None
-    m = _KEY_RE.match(text)
+    m = _KEY_RE.fullmatch(text)  # not match: `$` would let a trailing newline through
     return (m.group(1), m.group(2)) if m else None
 
 
@@ -62,7 +62,7 @@ class Principal:
 
     def allows(self, vehicle_id: str) -> bool:
         for p in self.vehicles:
-            if p == "*" or p == vehicle_id or (p.endswith("*") and vehicle_id.startswith(p[:-1])):
+            if p in ("*", vehicle_id) or (p.endswith("*") and vehicle_id.startswith(p[:-1])):
                 return True
         return False
 

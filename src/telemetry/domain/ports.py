@@ -42,6 +42,11 @@ class Queue(Protocol):
         """The largest body `send` accepts."""
         ...
 
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds a received message stays invisible; the worker extends what it still holds."""
+        ...
+
     def send(self, bodies: Sequence[bytes]) -> None:
         """Durably enqueue every body, or raise QueueUnavailable.
 

@@ -1,0 +1,197 @@
+"""Aggregation: readings/s over a raw lake, ours side by side with DuckDB on the same files.
+
+    python -m bench.bench_aggregate     # 1,000,000 readings, 4 hours, 1,000 vehicles, 20 files
+
+Ours is `AggregateHours.hour` for every hour (read, decode, dedupe, aggregate, write the
+aggregate file), in one process and with a pool of one process per core (`--jobs`). DuckDB runs
+the same per vehicle-hour statistics over the same files with all cores. Both results are
+checked equal: counts and min/max exact, means to 1e-9 relative.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    LAKE_START,
+    NUMERIC,
+    base_parser,
+    emit,
+    lake_storage,
+    median,
+    scratch_dir,
+    write_lake,
+)
+from telemetry.domain.aggregation import decode_aggregate_lines
+from telemetry.domain.lake import aggregate_key
+from telemetry.domain.services import AggregateHours
+
+Key = tuple[int, str]  # (hour epoch s, vehicle id)
+
+
+def _aggregate_hour(root: str, hour: datetime) -> int:
+    return AggregateHours(lake_storage(Path(root))).hour(hour).readings
+
+
+def run_ours(root: Path, hours: list[datetime], jobs: int) -> tuple[float, int]:
+    t = time.perf_counter()
+    if jobs <= 1:
+        n = sum(_aggregate_hour(str(root), h) for h in hours)
+    else:
+        with ProcessPoolExecutor(jobs) as pool:
+            n = sum(pool.map(_aggregate_hour, [str(root)] * len(hours), hours))
+    return time.perf_counter() - t, n
+
+
+def read_ours(root: Path, hours: list[datetime]) -> dict[Key, dict[str, Any]]:
+    storage = lake_storage(root)
+    out: dict[Key, dict[str, Any]] = {}
+    for h in hours:
+        for line in decode_aggregate_lines(storage.get(aggregate_key(h))):
+            out[int(line.hour.timestamp()), line.vehicle_id] = {
+                "readings": line.readings,
+                "first_us": _us(line.first_ts),
+                "last_us": _us(line.last_ts),
+                "signals": line.signals,
+            }
+    return out
+
+
+def _us(t: datetime) -> int:
+    return (t - datetime(1970, 1, 1, tzinfo=t.tzinfo)) // timedelta(microseconds=1)
+
+
+def duckdb_sql(root: Path) -> str:
+    struct = ", ".join(f'"{n}" DOUBLE' for n in NUMERIC) + ', "Vehicle.IsMoving" BOOLEAN'
+    stats = ",\n".join(
+        f'count(s."{n}"), min(s."{n}"), max(s."{n}"), avg(s."{n}")' for n in NUMERIC
+    )
+    # DISTINCT ON keeps one copy per reading_id (the lake's copies are identical), so a
+    # duplicate never counts twice, as in ours.
+    return f"""
+        WITH raw AS (
+            SELECT DISTINCT ON (reading_id) reading_id, vehicle_id, ts, signals AS s
+            FROM read_json('{root}/raw/**/*.jsonl', format = 'newline_delimited',
+                columns = {{reading_id: 'VARCHAR', vehicle_id: 'VARCHAR',
+                            ts: 'TIMESTAMPTZ', received_at: 'TIMESTAMPTZ',
+                            signals: 'STRUCT({struct})'}})
+        )
+        SELECT epoch(date_trunc('hour', ts))::BIGINT, vehicle_id, count(*),
+               epoch_us(min(ts)), epoch_us(max(ts)),
+               {stats}
+        FROM raw GROUP BY ALL
+    """
+
+
+def run_duckdb(root: Path, threads: int) -> tuple[float, dict[Key, dict[str, Any]]]:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET threads = {threads}")
+    con.execute("SET TimeZone = 'UTC'")
+    t = time.perf_counter()
+    rows = con.execute(duckdb_sql(root)).fetchall()
+    elapsed = time.perf_counter() - t
+    out: dict[Key, dict[str, Any]] = {}
+    for row in rows:
+        sig = {}
+        for i, name in enumerate(NUMERIC):
+            count, lo, hi, mean = row[5 + 4 * i : 9 + 4 * i]
+            if count:
+                sig[name] = {"count": count, "min": lo, "max": hi, "mean": mean}
+        out[int(row[0]), row[1]] = {
+            "readings": row[2],
+            "first_us": row[3],
+            "last_us": row[4],
+            "signals": sig,
+        }
+    return elapsed, out
+
+
+def compare(ours: dict[Key, dict[str, Any]], theirs: dict[Key, dict[str, Any]]) -> list[str]:
+    """Differences, at most a few; empty when the results agree."""
+    diffs: list[str] = []
+    if ours.keys() != theirs.keys():
+        diffs.append(f"vehicle-hours differ: {len(ours)} vs {len(theirs)}")
+    for key in sorted(ours.keys() & theirs.keys()):
+        a, b = ours[key], theirs[key]
+        for f in ("readings", "first_us", "last_us"):
+            if a[f] != b[f]:
+                diffs.append(f"{key} {f}: {a[f]} vs {b[f]}")
+        if a["signals"].keys() != b["signals"].keys():
+            diffs.append(f"{key} signals: {sorted(a['signals'])} vs {sorted(b['signals'])}")
+            continue
+        for name, sa in a["signals"].items():
+            sb = b["signals"][name]
+            if (sa["count"], sa["min"], sa["max"]) != (sb["count"], sb["min"], sb["max"]):
+                diffs.append(f"{key} {name}: {sa} vs {sb}")
+            elif not math.isclose(sa["mean"], sb["mean"], rel_tol=1e-9):
+                diffs.append(f"{key} {name} mean: {sa['mean']!r} vs {sb['mean']!r}")
+        if len(diffs) > 5:
+            break
+    return diffs
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = base_parser(__doc__ or "")
+    ap.add_argument("--readings", type=int, default=1_000_000)
+    ap.add_argument("--hours", type=int, default=4)
+    ap.add_argument("--vehicles", type=int, default=1000)
+    ap.add_argument("--files", type=int, default=20)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                    help="processes for the pooled run (one hour each)")
+    ap.add_argument("--dir", help="where to build the lake (default: a fresh temp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep the lake afterwards")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.readings, args.hours, args.vehicles, args.files, args.runs = 2000, 2, 10, 4, 1
+    root = scratch_dir(args.dir, "bench-lake-")
+    try:
+        t = time.perf_counter()
+        lines = write_lake(root, readings=args.readings, hours=args.hours,
+                           vehicles=args.vehicles, files=args.files)
+        built = time.perf_counter() - t
+        hours = [LAKE_START + timedelta(hours=h) for h in range(args.hours)]
+        one: list[float] = []
+        pooled: list[float] = []
+        duck: list[float] = []
+        readings = 0
+        theirs: dict[Key, dict[str, Any]] = {}
+        for _ in range(args.runs):
+            elapsed, theirs = run_duckdb(root, os.cpu_count() or 1)
+            duck.append(elapsed)
+            elapsed, readings = run_ours(root, hours, 1)
+            one.append(elapsed)
+            elapsed, _ = run_ours(root, hours, args.jobs)
+            pooled.append(elapsed)
+        diffs = compare(read_ours(root, hours), theirs)
+        if diffs:
+            raise SystemExit("results differ from DuckDB:\n" + "\n".join(diffs))
+        result = {
+            "readings": readings,
+            "raw_lines": lines,
+            "lake_build_s": round(built, 2),
+            "runs": args.runs,
+            "ours_1proc_readings_per_s": readings / median(one),
+            f"ours_{args.jobs}proc_readings_per_s": readings / median(pooled),
+            "duckdb_readings_per_s": readings / median(duck),
+            "ratio_1proc_vs_duckdb": round(median(duck) / median(one), 3),
+            f"ratio_{args.jobs}proc_vs_duckdb": round(median(duck) / median(pooled), 3),
+            "results_equal": True,
+        }
+        emit("aggregate", result, args.json)
+        return result
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""What the benchmarks share: synthetic fleet data, the lake storage, medians, RSS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from telemetry.domain.readings import Record, encode_record
+
+COOLANT = "Vehicle.Powertrain.CombustionEngine.EngineCoolant.Temperature"
+RPM = "Vehicle.Powertrain.CombustionEngine.Speed"
+SIGNALS = (
+    "Vehicle.Speed",
+    RPM,
+    COOLANT,
+    "Vehicle.CurrentLocation.Latitude",
+    "Vehicle.CurrentLocation.Longitude",
+    "Vehicle.IsMoving",
+)
+NUMERIC = SIGNALS[:5]
+# A fixed start keeps the lake benchmarks reproducible; ingest data is stamped near "now".
+LAKE_START = datetime(2026, 11, 29, 0, 0, tzinfo=UTC)
+
+
+def signals(rng: random.Random) -> dict[str, Any]:
+    """The six signals `telemetry simulate` sends: five numbers (one an int) and a bool."""
+    speed = rng.uniform(0, 140)
+    return {
+        "Vehicle.Speed": round(speed, 2),
+        RPM: 750 + int(speed * 17),
+        COOLANT: round(rng.uniform(15, 90), 1),
+        "Vehicle.CurrentLocation.Latitude": round(48.1 + rng.uniform(-0.05, 0.05), 7),
+        "Vehicle.CurrentLocation.Longitude": round(11.5 + rng.uniform(-0.05, 0.05), 7),
+        "Vehicle.IsMoving": speed > 0.5,
+    }
+
+
+def wire_readings(
+    n: int, *, vehicles: int, start: datetime, seed: int = 1
+) -> Iterator[dict[str, Any]]:
+    """Readings as a client posts them, 1 ms apart from `start`, round-robin over vehicles."""
+    rng = random.Random(seed)
+    for i in range(n):
+        ts = start + timedelta(milliseconds=i)
+        yield {
+            "vehicle_id": f"veh-{i % vehicles:05d}",
+            "ts": ts.isoformat().replace("+00:00", "Z"),
+            "signals": signals(rng),
+        }
+
+
+def request_bodies(n: int, per_request: int, *, vehicles: int, start: datetime) -> list[bytes]:
+    """`{"readings": [...]}` JSON bodies of `per_request` readings each."""
+    enc = msgspec.json.Encoder()
+    out: list[bytes] = []
+    batch: list[dict[str, Any]] = []
+    for r in wire_readings(n, vehicles=vehicles, start=start):
+        batch.append(r)
+        if len(batch) == per_request:
+            out.append(enc.encode({"readings": batch}))
+            batch = []
+    if batch:
+        out.append(enc.encode({"readings": batch}))
+    return out
+
+
+def write_lake(
+    root: Path,
+    *,
+    readings: int,
+    hours: int,
+    vehicles: int,
+    files: int,
+    duplicates: float = 0.01,
+    seed: int = 7,
+) -> int:
+    """A raw lake as the worker writes it: `files` files spread evenly over `hours` hours,
+    readings spread over each hour, and a share of them stored twice (at-least-once), the copy
+    in another file of the same hour. Returns the number of lines written."""
+    rng = random.Random(seed)
+    per_hour = readings // hours
+    files_per_hour = max(1, files // hours)
+    lines = 0
+    for h in range(hours):
+        hour = LAKE_START + timedelta(hours=h)
+        part = [bytearray() for _ in range(files_per_hour)]
+        received = hour + timedelta(hours=1, minutes=1)
+        for i in range(per_hour):
+            ts = hour + timedelta(microseconds=rng.randrange(3_600_000_000))
+            rid = f"{h:02d}-{i:08d}"
+            line = encode_record(
+                Record(rid, f"veh-{i % vehicles:05d}", ts, received, signals(rng))
+            ) + b"\n"
+            f = i * files_per_hour // per_hour
+            part[f] += line
+            lines += 1
+            if rng.random() < duplicates:
+                part[(f + 1) % files_per_hour] += line
+                lines += 1
+        folder = root / "raw" / f"year={hour:%Y}/month={hour:%m}/day={hour:%d}/hour={hour:%H}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for f, data in enumerate(part):
+            (folder / f"bench-{f:03d}.jsonl").write_bytes(bytes(data))
+    return lines
+
+
+class _DirStorage:
+    """The Storage port over a directory, for trees where the filesystem adapter is not there
+    yet: whole-file atomic writes (temp file, fsync, rename), sorted listing."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        from telemetry.domain.errors import NotFound
+
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound(key) from exc
+
+    def list(self, prefix: str) -> list[str]:
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix))
+
+    def check(self) -> None:
+        return None
+
+
+def lake_storage(root: Path) -> Any:
+    """The filesystem lake adapter the CLI uses (a stand-in where it is not there yet)."""
+    try:
+        from telemetry.adapters.filesystem import FilesystemStorage
+    except ImportError:
+        print("note: telemetry.adapters.filesystem missing; using bench's _DirStorage",
+              file=sys.stderr)
+        return _DirStorage(root)
+    return FilesystemStorage(root)
+
+
+def scratch_dir(given: str | None, prefix: str) -> Path:
+    if given:
+        p = Path(given)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def rss_kib(pid: int | None = None) -> int:
+    """Resident set size now, from /proc (Linux)."""
+    status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_rss_kib(pid: int | None = None) -> int:
+    """High-water mark of the resident set (VmHWM)."""
+    status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--runs", type=int, default=3, help="repetitions; the median is reported")
+    ap.add_argument("--tiny", action="store_true", help="smoke-test size (CI), no timing claims")
+    ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    return ap
+
+
+def emit(name: str, result: dict[str, Any], as_json: bool) -> None:
+    result = {"bench": name, "python": platform.python_version(), **result}
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    for k, v in result.items():
+        print(f"{k:>34}: {v:,.1f}" if isinstance(v, float) else f"{k:>34}: {v}")
+    sys.stdout.flush()

@@ -1,0 +1,165 @@
+"""A light HTTP/1.1 load generator: processes of asyncio keep-alive connections on raw
+sockets, sending pre-built requests, so the client costs little next to the server it drives.
+Loopback only."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class LoadResult:
+    requests: int = 0
+    accepted: int = 0  # 202 responses
+    errors: int = 0
+    seconds: float = 0.0
+    statuses: dict[int, int] | None = None
+
+
+def request_bytes(port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = [f"POST {path} HTTP/1.1", f"Host: {HOST}:{port}",
+            f"Content-Length: {len(body)}", "Content-Type: application/json"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def _connection(port: int, requests: list[bytes], offset: int, stop_at: float,
+                      interval: float, stats: dict[int, int]) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    i = offset
+    next_at = time.monotonic()
+    try:
+        while time.monotonic() < stop_at:
+            if interval:
+                next_at += interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            writer.write(requests[i % len(requests)])
+            i += 1
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            stats[status] = stats.get(status, 0) + 1
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def _client(port: int, requests: list[bytes], conns: int, seconds: float, rate: float,
+            seed: int, out: Any) -> None:
+    stats: dict[int, int] = {}
+    interval = conns / rate if rate else 0.0
+    started = time.monotonic()
+
+    async def run() -> None:
+        stop_at = time.monotonic() + seconds
+        await asyncio.gather(*(
+            _connection(port, requests, seed * 7919 + c * 104729, stop_at, interval, stats)
+            for c in range(conns)))
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:  # a dead server shows up as errors, not a hung benchmark
+        stats[-1] = stats.get(-1, 0) + 1
+        print(f"load client: {exc!r}", file=sys.stderr)
+    out.put((stats, time.monotonic() - started))
+
+
+def drive(port: int, requests: list[bytes], *, seconds: float, procs: int = 2, conns: int = 8,
+          rate: float = 0.0) -> LoadResult:
+    """Send `requests` round-robin for `seconds`; `rate` > 0 paces the total requests/s."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    per_proc_rate = rate / procs if rate else 0.0
+    ps = [ctx.Process(target=_client, args=(port, requests, conns, seconds, per_proc_rate, i,
+                                            out)) for i in range(procs)]
+    for p in ps:
+        p.start()
+    merged: dict[int, int] = {}
+    elapsed = 0.0  # measured by the clients, so process start-up is not counted
+    for _ in ps:
+        stats, took = out.get()
+        elapsed = max(elapsed, took)
+        for k, v in stats.items():
+            merged[k] = merged.get(k, 0) + v
+    for p in ps:
+        p.join()
+    total = sum(merged.values())
+    return LoadResult(total, merged.get(202, 0), total - merged.get(202, 0), elapsed, merged)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(port: int, path: str = "/healthz", timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing answers on {HOST}:{port}{path}")
+        time.sleep(0.1)
+
+
+def telemetry_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env.update(TELEMETRY_DATA_DIR=str(data_dir), TELEMETRY_LOG_LEVEL="warning", **extra)
+    return env
+
+
+def create_key(data_dir: Path) -> str:
+    out = subprocess.run([str(BIN / "telemetry"), "keys", "create", "--name", "bench",
+                          "--vehicles", "*"], env=telemetry_env(data_dir), check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def start_serve(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen([str(BIN / "telemetry"), "serve", "--port", str(port), *extra],
+                         env=telemetry_env(data_dir))
+    wait_http(port)
+    return p
+
+
+def start_peer(data_dir: Path, port: int, key: str) -> subprocess.Popen[bytes]:
+    p = subprocess.Popen([sys.executable, "-m", "bench.fastapi_peer", "--port", str(port),
+                          "--data-dir", str(data_dir), "--api-key", key],
+                         cwd=Path(__file__).resolve().parent.parent)
+    wait_http(port)
+    return p
+
+
+def stop(p: subprocess.Popen[bytes]) -> None:
+    p.terminate()
+    try:
+        p.wait(15)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()

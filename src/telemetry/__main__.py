@@ -1,0 +1,3 @@
+from telemetry.entrypoints.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The Storage port on a local directory: the embedded lake.
+
+A key is a relative path with `/` separators, kept as is on disk, so the lake directory reads
+like the S3 layout (`raw/year=2026/month=11/day=29/hour=01/x.jsonl`) and DuckDB or Spark can
+read it in place.
+
+A write is atomic and durable: the data goes to a temp file next to the target (same
+directory, so the rename stays within one filesystem), is fsynced, renamed over the target, and
+the directory is fsynced so the rename itself survives a power cut. Directories a write creates
+are fsynced into their parents the same way. Readers see the old object, the new one, or (for a
+new key) none; never part of one. Temp names start with `.`, and so `list` skips every name
+starting with `.`, and keys may not contain such a segment.
+
+What S3 allows and a directory cannot: `a` and `a/b` both being objects. Writing one after the
+other raises StorageUnavailable (the lake's keys never do this).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from telemetry.domain.errors import NotFound, StorageUnavailable
+
+_NOT_AN_OBJECT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+
+
+def _segments(key: str, *, what: str = "key") -> list[str]:
+    """The path segments of `key`, or ValueError for anything that could leave the root or
+    that `list` would not show."""
+    if not key:
+        raise ValueError(f"empty {what}")
+    if key.startswith("/") or "\\" in key or ".." in key or "\0" in key:
+        raise ValueError(f"bad {what} {key!r}: no absolute path, '..', backslash or NUL")
+    parts = key.split("/")
+    for p in parts:
+        if not p:
+            raise ValueError(f"bad {what} {key!r}: empty path segment")
+        if p.startswith("."):
+            raise ValueError(f"bad {what} {key!r}: a segment may not start with '.'")
+    return parts
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FilesystemStorage:
+    """Objects as files under `root`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        with self._translated("create the lake directory", self.root):
+            self._make_dirs(self.root)
+
+    # -------------------------------------------------------------- the port
+
+    def put(self, key: str, data: bytes) -> None:
+        parts = _segments(key)
+        target = self.root.joinpath(*parts)
+        directory = target.parent
+        tmp = directory / f".{parts[-1]}.{secrets.token_hex(8)}.tmp"
+        with self._translated("write", target):
+            self._make_dirs(directory)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):  # not created, or already renamed
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(directory)
+
+    def get(self, key: str) -> bytes:
+        path = self.root.joinpath(*_segments(key))
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            if exc.errno in _NOT_AN_OBJECT:
+                raise NotFound(key) from None
+            raise self._unavailable("read", path, exc) from exc
+
+    def list(self, prefix: str) -> list[str]:
+        # The walk starts at the deepest directory the prefix names in full; the prefix's last,
+        # partial segment filters names.
+        head, _, _ = prefix.rpartition("/")
+        if prefix:
+            if prefix.startswith("/") or "\\" in prefix or ".." in prefix or "\0" in prefix:
+                raise ValueError(f"bad prefix {prefix!r}: no absolute path, '..' or backslash")
+            if head:
+                _segments(head, what="prefix")
+        start = self.root.joinpath(*head.split("/")) if head else self.root
+        base = f"{head}/" if head else ""
+        with self._translated("list", start):
+            keys = [k for k in self._walk(start, base) if k.startswith(prefix)]
+        keys.sort()
+        return keys
+
+    def check(self) -> None:
+        with self._translated("check", self.root):
+            st = os.stat(self.root)
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            if not os.access(self.root, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable")
+            vfs = os.statvfs(self.root)
+            if vfs.f_bavail == 0:
+                raise OSError(errno.ENOSPC, "no space left on device")
+
+    # -------------------------------------------------------------- internals
+
+    def _walk(self, directory: Path, base: str) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue  # temp files of writes in progress
+            if e.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(e.path), f"{base}{e.name}/")
+            else:
+                yield f"{base}{e.name}"
+
+    def _make_dirs(self, directory: Path) -> None:
+        """mkdir -p, fsyncing each new directory's parent so the new entry is durable."""
+        missing: list[Path] = []
+        d = directory
+        while not d.is_dir():
+            missing.append(d)
+            if d.parent == d:
+                break
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                if not d.is_dir():
+                    raise
+                continue  # another writer made it
+            _fsync_dir(d.parent)
+
+    @staticmethod
+    def _unavailable(what: str, path: Path, exc: OSError) -> StorageUnavailable:
+        reason = exc.strerror or str(exc)
+        name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+        if name:
+            reason = f"{reason} ({name})"
+        return StorageUnavailable(f"filesystem lake: cannot {what} {path}: {reason}")
+
+    @contextmanager
+    def _translated(self, what: str, path: Path) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            raise self._unavailable(what, path, exc) from exc

@@ -1,0 +1,346 @@
+"""The Queue port on one SQLite file: SQS semantics for a single machine, no service to run.
+
+Shared by the ingest process and any number of workers (and by the threads of each):
+
+- Durability: WAL journal with `synchronous=FULL`, so a commit is on disk (the WAL is fsynced)
+  before `send` returns, and the HTTP 202 that follows it is a promise kept across a crash or a
+  power cut. A process killed mid-transaction leaves a WAL frame set without a commit record,
+  which SQLite ignores on the next open: a send is there whole or not at all.
+- Concurrency between processes: SQLite's file locks. Every write runs in `BEGIN IMMEDIATE`,
+  which takes the write lock up front, so a receive selects and claims its messages in one
+  atomic step and two consumers never hold the same message. Waiting for the lock is bounded by
+  `busy_timeout`; past it the caller gets QueueUnavailable (and the client a 503).
+- Concurrency between threads: one connection per process, guarded by a lock. SQLite runs one
+  writer at a time anyway, so per-thread connections would buy only parallel reads, at the price
+  of connections outliving their threads.
+- fork: a connection must not cross a fork. The connection is tied to the pid that opened it;
+  a forked child opens its own and leaves the inherited one untouched (closing it could disturb
+  the parent's locks).
+- WAL needs shared memory between the processes: the file must be on a local filesystem, not
+  NFS or SMB.
+
+Order: messages come out oldest-visible first (by the time they became visible, then by id),
+so redelivered messages queue behind what was already waiting instead of starving it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from telemetry.domain.errors import QueueUnavailable
+from telemetry.domain.ports import Message
+
+_POLL_FIRST = 0.01  # long-poll interval, doubling up to _POLL_MAX while the queue stays empty
+_POLL_MAX = 0.1
+_WAL_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL is truncated back to this after a checkpoint
+
+# AUTOINCREMENT, not a plain rowid: ids are never reused, so a dead-lettered message keeps its
+# id on redrive without colliding with one sent since (a plain rowid reuses the largest
+# free id). `visible_at` is epoch seconds from the time source; a new message is visible from
+# the moment it was sent. The index on visible_at also holds the rowid, so receive reads
+# `visible_at <= now ORDER BY visible_at, id LIMIT n` straight off the index.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    body          BLOB    NOT NULL,
+    sent_at       REAL    NOT NULL,
+    visible_at    REAL    NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt       TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_visible_at ON messages (visible_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id            INTEGER PRIMARY KEY,
+    body          BLOB    NOT NULL,
+    sent_at       REAL    NOT NULL,
+    receive_count INTEGER NOT NULL,
+    dead_at       REAL    NOT NULL
+);
+"""
+
+_SEND = "INSERT INTO messages (body, sent_at, visible_at) VALUES (?, ?, ?)"
+_PROBE = "SELECT 1 FROM messages WHERE visible_at <= ? LIMIT 1"
+_SELECT_VISIBLE = (
+    "SELECT id, body, receive_count FROM messages WHERE visible_at <= ? "
+    "ORDER BY visible_at, id LIMIT ?"
+)
+_CLAIM = "UPDATE messages SET receive_count = ?, visible_at = ?, receipt = ? WHERE id = ?"
+_TO_DEAD = (
+    "INSERT OR REPLACE INTO dead_letters (id, body, sent_at, receive_count, dead_at) "
+    "SELECT id, body, sent_at, receive_count, ? FROM messages WHERE id = ?"
+)
+_DELETE_ID = "DELETE FROM messages WHERE id = ?"
+_DELETE = "DELETE FROM messages WHERE id = ? AND receipt = ?"
+_CHANGE_VISIBILITY = "UPDATE messages SET visible_at = ? WHERE id = ? AND receipt = ?"
+_PEEK_DEAD = "SELECT id, body, receive_count FROM dead_letters ORDER BY id LIMIT ?"
+_REDRIVE = (
+    "INSERT INTO messages (id, body, sent_at, visible_at, receive_count, receipt) "
+    "SELECT id, body, sent_at, ?, 0, NULL FROM dead_letters"
+)
+_CLEAR_DEAD = "DELETE FROM dead_letters"
+_CHECK = "SELECT 1 FROM messages LIMIT 1"
+_HAS_SCHEMA = (
+    "SELECT count(*) FROM sqlite_master WHERE type = 'table' "
+    "AND name IN ('messages', 'dead_letters')"
+)
+
+
+_OPEN_QUEUES: weakref.WeakSet[SqliteQueue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by another thread of the parent at the fork would never be released in the
+    # child: every queue starts over with a fresh one (and, by the pid check, a fresh
+    # connection).
+    for q in list(_OPEN_QUEUES):
+        q._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _parse_receipts(receipts: Sequence[str]) -> list[tuple[int, str]]:
+    """(message id, receipt) pairs; receipts that are not ours cannot match and are dropped."""
+    out: list[tuple[int, str]] = []
+    for r in receipts:
+        head, sep, _ = r.partition(":")
+        if sep and head.isdigit():
+            out.append((int(head), r))
+    return out
+
+
+class SqliteQueue:
+    """A durable queue in one SQLite file, with the port's SQS semantics (contract section 4)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        visibility_timeout: float = 30.0,
+        max_receives: int = 5,
+        max_message_bytes: int = 1024 * 1024,
+        time_source: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if visibility_timeout < 0:
+            raise ValueError("visibility_timeout must be >= 0")
+        if max_receives < 1:
+            raise ValueError("max_receives must be >= 1")
+        if max_message_bytes < 1:
+            raise ValueError("max_message_bytes must be >= 1")
+        self.path = Path(path)
+        self._visibility_timeout = float(visibility_timeout)
+        self.max_receives = max_receives
+        self._max_message_bytes = max_message_bytes
+        self._time = time_source
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+        _OPEN_QUEUES.add(self)
+        # Open now, so a path that cannot hold the queue stops the process at start.
+        with self._transaction(None, "open"):
+            pass
+
+    # -------------------------------------------------------------- the port
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self._max_message_bytes
+
+    @property
+    def visibility_timeout(self) -> float:
+        return self._visibility_timeout
+
+    def send(self, bodies: Sequence[bytes]) -> None:
+        limit = self._max_message_bytes
+        for b in bodies:
+            if len(b) > limit:
+                raise ValueError(f"message of {len(b)} bytes over {limit}")
+        if not bodies:
+            return
+        with self._transaction("IMMEDIATE", "send") as db:
+            now = self._time()
+            db.executemany(_SEND, ((bytes(b), now, now) for b in bodies))
+
+    def receive(self, max_messages: int, wait_seconds: float = 0.0) -> list[Message]:
+        if max_messages < 1:
+            return []
+        deadline = time.monotonic() + max(0.0, wait_seconds)
+        interval = _POLL_FIRST
+        while True:
+            out = self._receive_once(max_messages)
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
+                return out
+            time.sleep(min(interval, remaining))
+            interval = min(_POLL_MAX, interval * 2)
+
+    def delete(self, receipts: Sequence[str]) -> None:
+        pairs = _parse_receipts(receipts)
+        if not pairs:
+            return
+        with self._transaction("IMMEDIATE", "delete") as db:
+            db.executemany(_DELETE, pairs)
+
+    def change_visibility(self, receipts: Sequence[str], timeout_seconds: float) -> None:
+        pairs = _parse_receipts(receipts)
+        if not pairs:
+            return
+        with self._transaction("IMMEDIATE", "change_visibility") as db:
+            visible_at = self._time() + max(0.0, timeout_seconds)
+            db.executemany(_CHANGE_VISIBILITY, ((visible_at, i, r) for i, r in pairs))
+
+    def dead_letters(self, max_messages: int) -> list[Message]:
+        if max_messages < 1:
+            return []
+        with self._transaction(None, "dead_letters") as db:
+            rows = db.execute(_PEEK_DEAD, (max_messages,)).fetchall()
+        return [Message(str(i), body, "", count) for i, body, count in rows]
+
+    def redrive(self) -> int:
+        with self._transaction("IMMEDIATE", "redrive") as db:
+            moved = db.execute(_REDRIVE, (self._time(),)).rowcount
+            db.execute(_CLEAR_DEAD)
+        return moved
+
+    def check(self) -> None:
+        with self._transaction(None, "check") as db:
+            db.execute(_CHECK).fetchall()
+
+    # -------------------------------------------------------------- beyond the port
+
+    def close(self) -> None:
+        """Close this process's connection; the queue raises QueueUnavailable afterwards."""
+        with self._lock:
+            self._closed = True
+            self._drop_connection()
+
+    def __enter__(self) -> SqliteQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- internals
+
+    def _receive_once(self, max_messages: int) -> list[Message]:
+        # A read first: WAL readers do not block the writer, so idle consumers polling an
+        # empty queue never queue up for the write lock behind the ingest's sends.
+        with self._transaction(None, "receive") as db:
+            # fetchall: a half-read cursor would hold its read snapshot open
+            if not db.execute(_PROBE, (self._time(),)).fetchall():
+                return []
+        with self._transaction("IMMEDIATE", "receive") as db:
+            return self._claim(db, max_messages)
+
+    def _claim(self, db: sqlite3.Connection, max_messages: int) -> list[Message]:
+        now = self._time()
+        visible_at = now + self._visibility_timeout
+        # A receipt names the message, its receive count and this call: unique per receive
+        # (a redriven message counts from 0 again, the call token still differs).
+        token = secrets.token_hex(8)
+        out: list[Message] = []
+        taken: set[int] = set()
+        while len(out) < max_messages:
+            need = max_messages - len(out)
+            # With a visibility timeout of 0 what was just claimed is still visible; ask for
+            # that many more rows and skip them.
+            rows = db.execute(_SELECT_VISIBLE, (now, need + len(taken))).fetchall()
+            fresh = [r for r in rows if r[0] not in taken]
+            if not fresh:
+                break
+            dead = [(now, i) for i, _, count in fresh if count >= self.max_receives]
+            live = [r for r in fresh if r[2] < self.max_receives][:need]
+            if dead:
+                db.executemany(_TO_DEAD, dead)
+                db.executemany(_DELETE_ID, ((i,) for _, i in dead))
+            claims = []
+            for i, body, count in live:
+                receipt = f"{i}:{count + 1}:{token}"
+                claims.append((count + 1, visible_at, receipt, i))
+                out.append(Message(str(i), body, receipt, count + 1))
+                taken.add(i)
+            db.executemany(_CLAIM, claims)
+            if not dead:
+                break  # every row was live: either max_messages are out or nothing is left
+        return out
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout,
+            isolation_level=None,  # transactions are begun explicitly
+            check_same_thread=False,  # guarded by self._lock
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT_BYTES}")
+            # The write lock only when the schema is missing: a worker (re)connecting must not
+            # wait behind a busy writer for a schema that is already there.
+            if conn.execute(_HAS_SCHEMA).fetchall()[0][0] < 2:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._connection = self._connection, None
+        if conn is not None and self._pid == os.getpid():
+            with suppress(sqlite3.Error):
+                conn.close()
+
+    @contextmanager
+    def _transaction(self, mode: str | None, what: str) -> Iterator[sqlite3.Connection]:
+        """The connection, in a transaction when `mode` is set; any failure becomes
+        QueueUnavailable naming the file."""
+        with self._lock:
+            if self._closed:
+                raise QueueUnavailable(f"SQLite queue {self.path}: closed")
+            db: sqlite3.Connection | None = None
+            try:
+                if self._connection is None or self._pid != os.getpid():
+                    self._connection = None  # a parent's connection is left alone
+                    self._connection = self._open()
+                    self._pid = os.getpid()
+                db = self._connection
+                if mode is None:
+                    yield db
+                else:
+                    db.execute(f"BEGIN {mode}")
+                    yield db
+                    db.execute("COMMIT")
+            except BaseException as exc:
+                if db is not None and db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        self._drop_connection()
+                if not isinstance(exc, sqlite3.Error | OSError):
+                    raise
+                if not _is_busy(exc):
+                    # Reconnect on the next call: the file may have been replaced, or the
+                    # connection left in a state a fresh one does not share.
+                    self._drop_connection()
+                raise QueueUnavailable(f"SQLite queue {self.path}: {what}: {exc}") from exc
+
+
+def _is_busy(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

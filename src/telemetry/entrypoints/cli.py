@@ -1,0 +1,267 @@
+"""`telemetry ...`: one console script, a subcommand per stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from telemetry.domain.keys import format_key, new_stored_key
+from telemetry.domain.lake import format_hour, parse_hour
+from telemetry.entrypoints import logs, simulate
+from telemetry.entrypoints.container import create_container
+from telemetry.entrypoints.logs import event
+from telemetry.entrypoints.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("telemetry")
+
+
+def _settings() -> Settings:
+    s = load_settings()
+    logs.configure(s.log_format, s.log_level)
+    return s
+
+
+# ------------------------------------------------------------------ serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    s = _settings()
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    uvicorn.run(
+        "telemetry.entrypoints.http:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=s.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+# ------------------------------------------------------------------ worker
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from telemetry.entrypoints.worker import Worker
+
+    s = _settings()
+    container = create_container(s)
+    stop = threading.Event()
+    deadline = s.shutdown_deadline
+
+    def past_deadline() -> None:
+        # Whatever is not stored yet is not deleted either: the queue redelivers it.
+        event(log, "shutdown_deadline_passed", logging.ERROR, deadline_s=deadline)
+        logging.shutdown()
+        os._exit(1)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            past_deadline()  # a second signal: the operator will not wait
+        event(log, "stopping", signal=signal.Signals(signum).name, deadline_s=deadline)
+        stop.set()
+        timer = threading.Timer(deadline, past_deadline)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker = Worker(container.drain_batches(), stop)
+    event(log, "worker_started", queue=s.queue, storage=s.storage, once=args.once)
+    stats = worker.run(once=args.once)
+    event(
+        log,
+        "worker_stopped",
+        files=stats.files,
+        readings=stats.readings,
+        bytes=stats.bytes,
+        received_to_stored=stats.received_to_stored.summary(),
+        ts_to_stored=stats.ts_to_stored.summary(),
+    )
+    return 0
+
+
+# ------------------------------------------------------------------ aggregate
+
+
+def cmd_aggregate(args: argparse.Namespace) -> int:
+    s = _settings()
+    service = create_container(s).aggregate_hours()
+    if args.hour:
+        try:
+            hour = parse_hour(args.hour)
+        except ValueError:
+            print(f"telemetry aggregate: --hour {args.hour!r}: expected 2026-11-29T01",
+                  file=sys.stderr)
+            return 2
+        results = [service.hour(hour)]
+    else:
+        results = service.changed()
+    for r in results:
+        event(log, "hour_aggregated", hour=format_hour(r.hour), key=r.key, files=r.files,
+              raw_records=r.raw_records, readings=r.readings, vehicles=r.vehicles)
+    print(f"aggregated {len(results)} hour(s)")
+    return 0
+
+
+# ------------------------------------------------------------------ dlq
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    s = _settings()
+    for m in create_container(s).queue().dead_letters(args.max):
+        head = m.body.split(b"\n", 1)[0][:200].decode("utf-8", "replace")
+        print(json.dumps({"message_id": m.message_id, "receive_count": m.receive_count,
+                          "bytes": len(m.body), "head": head}))
+    return 0
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    s = _settings()
+    n = create_container(s).queue().redrive()
+    event(log, "dlq_redriven", messages=n)
+    print(f"redrove {n} message(s) to the queue")
+    return 0
+
+
+# ------------------------------------------------------------------ keys
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    s = _settings()
+    store = create_container(s).keys()
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    try:
+        stored = new_stored_key(
+            key_id, secret, args.name, args.vehicles.split(","), datetime.now(UTC)
+        )
+    except ValueError as exc:
+        print(f"telemetry keys create: {exc}", file=sys.stderr)
+        return 2
+    store.add(stored)
+    print(f"created key {args.name!r} (id {key_id}) for {','.join(stored.vehicles)}")
+    print("store it now: it is shown once and never again")
+    print(format_key(key_id, secret))
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    s = _settings()
+    for k in create_container(s).keys().all():
+        row = {"id": k.key_id, "name": k.name, "vehicles": list(k.vehicles),
+               "created_at": k.created_at.isoformat(), "revoked": k.revoked}
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    s = _settings()
+    n = create_container(s).keys().revoke(args.key)
+    print(f"revoked {n} key(s)")
+    return 0 if n else 1
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="telemetry",
+        description="Fleet telemetry pipeline. Configuration: TELEMETRY_* environment "
+        "variables (see README).",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sp = sub.add_parser("serve", help="run the ingest HTTP service",
+                        description="Run the ingest HTTP service.")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--workers", type=int, default=1, help="server processes")
+    sp.set_defaults(func=cmd_serve)
+
+    wp = sub.add_parser("worker", help="drain the queue into the lake",
+                        description="Drain the queue into the lake until SIGTERM/SIGINT "
+                        "(flush, delete, exit 0).")
+    wp.add_argument("--once", action="store_true", help="drain what is there, then exit")
+    wp.set_defaults(func=cmd_worker)
+
+    ap = sub.add_parser("aggregate", help="aggregate changed hours",
+                        description="Aggregate the hours whose raw files changed since the "
+                        "last run (every hour the first time), or one --hour.")
+    ap.add_argument("--hour", help="one UTC hour, e.g. 2026-11-29T01")
+    ap.set_defaults(func=cmd_aggregate)
+
+    simulate.add_parser(sub)
+    try:
+        from telemetry.entrypoints import replay
+    except ImportError:  # pragma: no cover - CAN extras not installed
+        pass
+    else:
+        replay.add_parser(sub)
+
+    kp = sub.add_parser("keys", help="create, list and revoke API keys",
+                        description="Manage API keys. Only hashes are stored.")
+    ksub = kp.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kc = ksub.add_parser("create", help="create a key; prints it once, as the last line",
+                         description="Create a key. It is printed once, as the last line.")
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--vehicles", required=True,
+                    help="comma-separated patterns: exact ids, prefix*, or *")
+    kc.set_defaults(func=cmd_keys_create)
+    kl = ksub.add_parser("list", help="list keys (never the keys themselves)",
+                         description="List keys: id, name, vehicles, revoked.")
+    kl.set_defaults(func=cmd_keys_list)
+    kr = ksub.add_parser("revoke", help="revoke a key by name or id",
+                         description="Revoke every key with this name or id.")
+    kr.add_argument("key", help="key name or id")
+    kr.set_defaults(func=cmd_keys_revoke)
+
+    dp = sub.add_parser("dlq", help="inspect and replay dead-lettered messages",
+                        description="Messages received max-receives times without being "
+                        "stored land in the dead-letter queue. List them, or move them back.")
+    dsub = dp.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dl = dsub.add_parser("list", help="list dead-lettered messages (one JSON line each)",
+                         description="List dead-lettered messages without consuming them.")
+    dl.add_argument("--max", type=int, default=100, help="at most this many")
+    dl.set_defaults(func=cmd_dlq_list)
+    dr = dsub.add_parser("redrive", help="move every dead-lettered message back to the queue",
+                         description="Move every dead-lettered message back to the queue, "
+                         "with its receive count reset.")
+    dr.set_defaults(func=cmd_dlq_redrive)
+
+    from telemetry.entrypoints import demo
+
+    demo.add_parser(sub)
+
+    from telemetry.entrypoints import aws
+
+    aws.add_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"telemetry: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

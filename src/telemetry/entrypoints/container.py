@@ -1,0 +1,106 @@
+"""The composition root: configuration -> adapters -> use cases.
+
+Built by the entrypoints (`create_container`), never at import time. Tests override any provider
+(`container.queue.override(providers.Object(fake))`) instead of patching modules.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from dependency_injector import containers, providers
+
+from telemetry.adapters.clock import SystemClock
+from telemetry.adapters.filesystem import FilesystemStorage
+from telemetry.adapters.keystore_file import FileKeyStore
+from telemetry.adapters.memory import MemoryKeyStore, MemoryQueue, MemoryStorage
+from telemetry.adapters.sqlite_queue import SqliteQueue
+from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.keys import Authenticator
+from telemetry.domain.readings import ReadingRules
+from telemetry.domain.services import AcceptReadings, AggregateHours, DrainBatches
+from telemetry.entrypoints.settings import ConfigError, Settings
+
+
+def _sqs_queue(**kwargs: Any) -> Any:
+    from telemetry.adapters.sqs import SqsQueue  # boto3 is imported only when SQS is chosen
+    from telemetry.domain.errors import QueueUnavailable
+
+    try:
+        return SqsQueue(**kwargs)
+    except QueueUnavailable as exc:
+        # The adapter reads the queue's attributes at start: a wrong URL, region or permission
+        # stops the process here, with the setting named.
+        raise ConfigError(f"TELEMETRY_SQS_QUEUE_URL={kwargs.get('queue_url')!r}: {exc}") from exc
+
+
+def _s3_storage(**kwargs: Any) -> Any:
+    from telemetry.adapters.s3 import S3Storage
+
+    return S3Storage(**kwargs)
+
+
+class Container(containers.DeclarativeContainer):
+    config = providers.Configuration(strict=True)
+
+    clock = providers.Singleton(SystemClock)
+
+    queue = providers.Selector(
+        config.queue,
+        sqlite=providers.Singleton(
+            SqliteQueue,
+            config.queue_path,
+            visibility_timeout=config.visibility_timeout,
+            max_receives=config.max_receives,
+            max_message_bytes=config.max_message_bytes,
+        ),
+        memory=providers.Singleton(
+            MemoryQueue,
+            visibility_timeout=config.visibility_timeout,
+            max_receives=config.max_receives,
+            max_message_bytes=config.max_message_bytes,
+        ),
+        sqs=providers.Singleton(_sqs_queue, queue_url=config.sqs_queue_url),
+    )
+
+    storage = providers.Selector(
+        config.storage,
+        filesystem=providers.Singleton(FilesystemStorage, config.lake_dir),
+        memory=providers.Singleton(MemoryStorage),
+        s3=providers.Singleton(_s3_storage, bucket=config.s3_bucket, prefix=config.s3_prefix),
+    )
+
+    keys = providers.Selector(
+        config.key_store,
+        file=providers.Singleton(FileKeyStore, config.keys_path),
+        memory=providers.Singleton(MemoryKeyStore),
+    )
+
+    rules = providers.Singleton(
+        ReadingRules,
+        max_signals=config.max_signals,
+        max_clock_skew=providers.Factory(timedelta, seconds=config.max_clock_skew),
+        max_batch=config.max_batch,
+    )
+
+    batch_policy = providers.Singleton(
+        BatchPolicy,
+        max_readings=config.batch_max_readings,
+        max_bytes=config.batch_max_bytes,
+        max_age_seconds=config.batch_max_age,
+        max_open_hours=config.batch_max_open_hours,
+    )
+
+    authenticator = providers.Singleton(Authenticator, keys)
+    accept_readings = providers.Singleton(AcceptReadings, queue, clock, rules)
+    drain_batches = providers.Factory(
+        DrainBatches, queue, storage, clock, batch_policy, compress=config.compress
+    )
+    aggregate_hours = providers.Factory(AggregateHours, storage)
+
+
+def create_container(settings: Settings, *, key_store: str = "file") -> Container:
+    container = Container()
+    container.config.from_dict({**settings.as_dict(), "key_store": key_store})
+    return container

@@ -1,0 +1,62 @@
+"""Structured logs: one event per line, as `key=value` text or as JSON.
+
+Nothing here ever receives an API key: handlers log the key's name, never its value.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+_json = msgspec.json.Encoder()
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        doc.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return _json.encode(doc).decode()
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        tail = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
+        t = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
+        line = f"{t} {record.levelname.lower():<7} {record.name}: {record.getMessage()}"
+        line = f"{line} {tail}" if tail else line
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, dict | list):
+        return _json.encode(v).decode()
+    return str(v)
+
+
+def configure(fmt: str = "text", level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # uvicorn's access log would print every request; our own request metrics replace it.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, name, extra={"fields": fields})

@@ -1,0 +1,344 @@
+"""`telemetry replay`: decode a real CAN log with a DBC file and post one reading per frame.
+
+Decoding lives in `telemetry.adapters.canlog`; this module parses the command line, paces the
+readings (`--speed`), batches them into requests and prints the summary. `replay()` is the
+programmatic entry (tests, the demo); `run()` is the argparse one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import msgspec
+
+from telemetry.adapters.canlog import (
+    CanLogError,
+    DecodeStats,
+    FrameDecoder,
+    LogSpan,
+    TimeMode,
+    replay_readings,
+    scan_log,
+)
+from telemetry.adapters.ingest_client import ClientSummary, IngestClient
+from telemetry.domain.readings import MAX_VEHICLE_ID, MIN_TS, VEHICLE_ID_PATTERN
+
+_VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)
+# Contract default for the ingest's clock-skew check; a start later than this is refused there.
+_MAX_SKEW = timedelta(seconds=300)
+# With --speed pacing, a partly filled batch waits at most this long before it is sent.
+_MAX_BATCH_WAIT = 0.5
+
+
+class Sender(Protocol):
+    """What replay needs of `IngestClient` (tests pass a fake)."""
+
+    summary: ClientSummary
+
+    def send(self, readings: list[dict[str, Any]]) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ReplayResult:
+    stats: DecodeStats
+    summary: ClientSummary
+    elapsed: float
+    accepted_ids: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    fatal: str | None = None  # the log became unusable mid-way; what was decoded was sent
+    stopped: str | None = None  # sending gave up: the service is unreachable or refuses the key
+
+
+class _Stop(Exception):
+    pass
+
+
+def _hopeless(err: object) -> bool:
+    """After this, every further request would fail the same way: stop instead of retrying the
+    rest of the log for minutes. A 422 or 413 is about one request, so replay goes on."""
+    return getattr(err, "status", None) in (401, 403) or getattr(err, "body", None) == "gave up"
+
+
+class _Progress:
+    """A one-line bar on stderr, by log time, redrawn at most 5 times a second."""
+
+    def __init__(self, span: LogSpan | None, out: TextIO) -> None:
+        self.span = span
+        self.out = out
+        self._last = 0.0
+
+    def update(self, log_ts: float, readings: int, accepted: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < 0.2:
+            return
+        self._last = now
+        if self.span and self.span.last > self.span.first:
+            frac = (log_ts - self.span.first) / (self.span.last - self.span.first)
+            frac = min(1.0, max(0.0, frac))
+            bar = "#" * int(frac * 30)
+            head = f"[{bar:<30}] {100 * frac:3.0f}%"
+        else:
+            head = "[...]"
+        print(f"\rreplay {head} readings={readings} accepted={accepted}", end="",
+              file=self.out, flush=True)
+
+    def close(self) -> None:
+        print(file=self.out, flush=True)
+
+
+def replay(
+    *,
+    dbc: str | Path,
+    log: str | Path,
+    vehicle_id: str,
+    map_path: str | Path | None = None,
+    time_mode: TimeMode = "original",
+    speed: float | None = None,
+    batch: int = 500,
+    url: str = "http://127.0.0.1:8000",
+    api_key: str = "",
+    raw_choices: bool = False,
+    client: Sender | None = None,
+    dry_run: TextIO | None = None,
+    progress: bool = False,
+    limit: int | None = None,
+) -> ReplayResult:
+    """Decode `log` and post its readings in requests of `batch`; `speed` None = max.
+
+    `limit` stops after that many readings: the first N of the log, the same N every time.
+
+    `client` overrides the HTTP client (and is not closed here); `dry_run` writes the readings
+    as NDJSON to that stream instead of sending them. Raises CanLogError for unusable files.
+    """
+    decoder = FrameDecoder.from_files(dbc, map_path=map_path, raw_choices=raw_choices)
+    span = scan_log(log) if time_mode == "now" or progress else None
+    own_client = client is None and dry_run is None
+    sender: Sender | None = IngestClient(url, api_key) if own_client else client
+    result = ReplayResult(decoder.stats, ClientSummary(), 0.0)
+    bar = _Progress(span, sys.stderr) if progress else None
+    enc = msgspec.json.Encoder()
+    pending: list[dict[str, Any]] = []
+    pending_since = 0.0
+    readings = 0
+
+    def flush() -> None:
+        nonlocal pending
+        if not pending:
+            return
+        if dry_run is not None:
+            for r in pending:
+                dry_run.write(enc.encode(r).decode() + "\n")
+        elif sender is not None:
+            batch_size = len(pending)
+            ids = sender.send(pending)
+            pending = []
+            result.accepted_ids.extend(ids)
+            err = getattr(sender, "last_error", None)
+            if not ids and batch_size and err is not None:
+                if len(result.errors) < 5:
+                    result.errors.append(str(err))
+                if _hopeless(err):
+                    raise _Stop(f"stopped after a request failed: {err}")
+        pending = []
+
+    start = time.monotonic()
+    t0: float | None = None
+    log_ts = 0.0
+    try:
+        for log_ts, reading in replay_readings(log, decoder, vehicle_id, time_mode, span=span):
+            if speed is not None:
+                if t0 is None:
+                    t0 = log_ts
+                delay = start + (log_ts - t0) / speed - time.monotonic()
+                if delay > 0:
+                    # Paced: do not hold readings back longer than a moment for a full batch.
+                    if pending and time.monotonic() - pending_since >= _MAX_BATCH_WAIT:
+                        flush()
+                    time.sleep(max(0.0, start + (log_ts - t0) / speed - time.monotonic()))
+            if not pending:
+                pending_since = time.monotonic()
+            pending.append(reading)
+            readings += 1
+            if len(pending) >= batch:
+                flush()
+            if bar:
+                bar.update(log_ts, readings, len(result.accepted_ids))
+            if limit is not None and readings >= limit:
+                break  # before the next frame is read, so the stats end at the Nth reading
+        flush()
+    except CanLogError as exc:  # unreadable from some frame on, or a relative clock
+        result.fatal = str(exc)
+        try:
+            flush()
+        except _Stop as stop:
+            result.stopped = str(stop)
+    except _Stop as stop:
+        result.stopped = str(stop)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        if bar:
+            done = span is not None and not (result.fatal or result.stopped or result.interrupted
+                                             or (limit is not None and readings >= limit))
+            end_ts = span.last if done and span else log_ts
+            bar.update(end_ts, readings, len(result.accepted_ids), force=True)
+            bar.close()
+        if sender is not None:
+            result.summary = sender.summary
+            if own_client:
+                sender.close()
+    result.elapsed = time.monotonic() - start
+    return result
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _parse_time(value: str) -> TimeMode:
+    if value == "original":
+        return "original"
+    if value == "now":
+        return "now"
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected original, now or an RFC 3339 timestamp with offset"
+        ) from None
+    if ts.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{value!r}: the timestamp needs an offset (Z, +02:00)")
+    if ts < MIN_TS:
+        raise argparse.ArgumentTypeError(f"{value!r}: readings must not be before 2000-01-01")
+    return ts
+
+
+def _parse_speed(value: str) -> float | None:
+    if value == "max":
+        return None
+    try:
+        f = float(value)
+    except ValueError:
+        f = 0.0
+    if not 0 < f < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive factor or max")
+    return f
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a positive integer")
+    return n
+
+
+def add_parser(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "replay",
+        help="decode a real CAN log with a DBC file and post its readings",
+        description="Decode a CAN log (candump .log, .asc, .blf, .trc; .gz too) with a DBC "
+        "file (29-bit J1939 ids matched by PGN; OBD2 mode 01 replies decoded by SAE J1979) "
+        "and post one reading per decoded frame, ts from the frame. Signals are named "
+        "<Message>.<Signal> unless --map renames them. Ends with a summary: frames decoded "
+        "and skipped, then sent, accepted, rejected, retries. See docs/replay.md.",
+    )
+    p.add_argument("--dbc", required=True, help="CAN database (DBC; KCD, SYM, ARXML work too)")
+    p.add_argument("--log", required=True, help="CAN log: .log (candump), .asc, .blf, .trc, "
+                   "optionally .gz")
+    p.add_argument("--vehicle-id", required=True, help="vehicle_id of every reading")
+    p.add_argument("--map", dest="map_path", help="YAML or JSON signal map: rename "
+                   "<Message>.<Signal> to VSS names, convert units (see maps/)")
+    p.add_argument("--time", dest="time_mode", type=_parse_time, default="original",
+                   metavar="original|now|RFC3339",
+                   help="original: the log's clock (default); now: shift so the log ends now; "
+                   "an RFC 3339 instant: shift the first frame to it")
+    p.add_argument("--speed", type=_parse_speed, default=None, metavar="FACTOR|max",
+                   help="1 paces like the recording, 10 ten times faster; max (default) sends "
+                   "as fast as the service takes it")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="ingest base URL")
+    p.add_argument("--api-key", default=os.environ.get("TELEMETRY_API_KEY"),
+                   help="API key (default: $TELEMETRY_API_KEY)")
+    p.add_argument("--batch", type=_positive_int, default=500, help="readings per request")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="send only the first N readings of the log (a deterministic slice)")
+    p.add_argument("--raw-choices", action="store_true",
+                   help="send DBC choice values as numbers instead of their labels")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the readings as NDJSON on stdout instead of sending them "
+                   "(the summary goes to stderr)")
+    p.set_defaults(func=run)
+
+
+def format_stats(s: DecodeStats) -> list[str]:
+    lines = [
+        f"frames={s.frames} decoded={s.decoded} readings={s.readings} obd2={s.obd2} "
+        f"unknown={s.unknown} decode_errors={s.decode_errors} "
+        f"obd2_unsupported={s.obd2_unsupported} no_signals={s.no_signals} "
+        f"non_data={s.non_data} bad_ts={s.bad_ts}"
+    ]
+    if s.unknown_ids:
+        top = ", ".join(f"{k} x{n}" for k, n in s.unknown_ids.most_common(5))
+        more = len(s.unknown_ids) - 5
+        lines.append(f"unknown ids: {top}" + (f" (+{more} more ids)" if more > 0 else ""))
+    for name, n in s.errors_by_message.most_common(5):
+        lines.append(f"decode errors: {name} x{n}: {s.first_error.get(name, '')}")
+    if s.dropped:
+        lines.append("values dropped: " + ", ".join(f"{k}={n}" for k, n in s.dropped.items()))
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    err = sys.stderr
+    dry_run = bool(getattr(args, "dry_run", False))
+    vid = args.vehicle_id
+    if not (1 <= len(vid) <= MAX_VEHICLE_ID) or not _VEHICLE_RE.search(vid):
+        print(f"telemetry replay: --vehicle-id {vid!r} must match {VEHICLE_ID_PATTERN}, "
+              f"1-{MAX_VEHICLE_ID} chars", file=err)
+        return 2
+    if not dry_run and not args.api_key:
+        print("telemetry replay: --api-key or TELEMETRY_API_KEY is required", file=err)
+        return 2
+    if isinstance(args.time_mode, datetime) and args.time_mode > datetime.now(UTC) + _MAX_SKEW:
+        print("telemetry replay: warning: --time is in the future; the service refuses readings "
+              "more than its clock skew (default 300 s) ahead", file=err)
+    try:
+        r = replay(
+            dbc=args.dbc, log=args.log, vehicle_id=vid, map_path=args.map_path,
+            time_mode=args.time_mode, speed=args.speed, batch=args.batch, url=args.url,
+            api_key=args.api_key or "", raw_choices=bool(getattr(args, "raw_choices", False)),
+            dry_run=sys.stdout if dry_run else None, progress=err.isatty(),
+            limit=getattr(args, "limit", None),
+        )
+    except CanLogError as exc:
+        print(f"telemetry replay: {exc}", file=err)
+        return 2
+    out = err if dry_run else sys.stdout
+    for line in format_stats(r.stats):
+        print(line, file=out)
+    for e in r.errors:
+        print(f"error: {e}", file=err)
+    if r.fatal:
+        print(f"telemetry replay: {r.fatal}", file=err)
+    if r.stopped:
+        print(f"telemetry replay: {r.stopped}", file=err)
+    s = r.summary
+    print(f"sent={s.sent} accepted={s.accepted} rejected={s.rejected} retries={s.retries} "
+          f"elapsed_s={r.elapsed:.2f} rate={s.accepted / max(r.elapsed, 1e-9):.0f}/s", file=out)
+    if r.fatal:
+        return 2
+    if r.interrupted:
+        return 130
+    return 0 if s.rejected == 0 and not r.stopped else 1

@@ -1,0 +1,183 @@
+"""Configuration from `TELEMETRY_*` environment variables, and optionally a TOML file.
+
+Every setting is checked at start; a bad one stops the process with a message naming it.
+Precedence: environment, then the file named by TELEMETRY_CONFIG_FILE, then the default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./data")
+    queue: str = "sqlite"
+    storage: str = "filesystem"
+    sqs_queue_url: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    # queue semantics (sqlite and memory; SQS takes them from the queue's own attributes)
+    visibility_timeout: float = 60.0
+    max_receives: int = 5
+    max_message_bytes: int = MiB
+    # ingest limits (contract sections 2 and 3)
+    max_batch: int = 1000
+    max_signals: int = 256
+    max_clock_skew: float = 300.0
+    max_body_bytes: int = MiB
+    max_decompressed_bytes: int = 8 * MiB
+    enqueue_timeout: float = 5.0
+    # per-key token bucket, requests per second and burst, per ingest process
+    rate_limit: float = 10_000.0
+    rate_burst: int = 20_000
+    ready_timeout: float = 2.0
+    # the key store file; None means $TELEMETRY_DATA_DIR/keys.json
+    keys_file: Path | None = None
+    # worker batching policy
+    batch_max_readings: int = 20_000
+    batch_max_bytes: int = 8 * MiB
+    batch_max_age: float = 5.0
+    batch_max_open_hours: int = 8
+    compress: bool = False
+    shutdown_deadline: float = 25.0
+    # logs
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.data_dir / "lake"
+
+    @property
+    def queue_path(self) -> Path:
+        return self.data_dir / "queue.sqlite3"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.keys_file if self.keys_file is not None else self.data_dir / "keys.json"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(
+            data_dir=str(self.data_dir),
+            lake_dir=str(self.lake_dir),
+            queue_path=str(self.queue_path),
+            keys_path=str(self.keys_path),
+            keys_file=str(self.keys_path),
+        )
+        return d
+
+
+def _env_name(field: str) -> str:
+    return "TELEMETRY_" + field.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive(conv: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(text: str) -> T:
+        v = conv(text)
+        if v <= 0:  # type: ignore[operator]
+            raise ValueError("must be greater than 0")
+        return v
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        v = text.strip().lower()
+        if v not in options:
+            raise ValueError("must be one of " + ", ".join(options))
+        return v
+
+    return parse
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "data_dir": lambda s: Path(s).expanduser(),
+    "queue": _choice("sqlite", "sqs", "memory"),
+    "storage": _choice("filesystem", "s3", "memory"),
+    "sqs_queue_url": str.strip,
+    "s3_bucket": str.strip,
+    "s3_prefix": lambda s: s.strip().strip("/"),
+    "visibility_timeout": _positive(float),
+    "max_receives": _positive(int),
+    "max_message_bytes": _positive(int),
+    "max_batch": _positive(int),
+    "max_signals": _positive(int),
+    "max_clock_skew": _positive(float),
+    "max_body_bytes": _positive(int),
+    "max_decompressed_bytes": _positive(int),
+    "enqueue_timeout": _positive(float),
+    "rate_limit": _positive(float),
+    "rate_burst": _positive(int),
+    "ready_timeout": _positive(float),
+    "keys_file": lambda s: Path(s).expanduser() if s.strip() else None,
+    "batch_max_readings": _positive(int),
+    "batch_max_bytes": _positive(int),
+    "batch_max_age": _positive(float),
+    "batch_max_open_hours": _positive(int),
+    "compress": _parse_bool,
+    "shutdown_deadline": _positive(float),
+    "log_format": _choice("text", "json"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    raw: dict[str, str] = {}
+    cfg_file = env.get("TELEMETRY_CONFIG_FILE")
+    if cfg_file:
+        try:
+            with open(cfg_file, "rb") as fh:
+                file_values = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"TELEMETRY_CONFIG_FILE: cannot read {cfg_file}: {exc}") from exc
+        for k, v in file_values.items():
+            if k not in _PARSERS:
+                raise ConfigError(f"TELEMETRY_CONFIG_FILE: unknown setting {k!r} in {cfg_file}")
+            raw[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    for f in fields(Settings):
+        name = _env_name(f.name)
+        if name in env:
+            raw[f.name] = env[name]
+    values: dict[str, Any] = {}
+    for key, text in raw.items():
+        try:
+            values[key] = _PARSERS[key](text)
+        except ValueError as exc:
+            raise ConfigError(f"{_env_name(key)}={text!r}: {exc}") from None
+    if "log_level" in values:
+        values["log_level"] = values["log_level"].upper()
+    s = Settings(**values)
+    if s.queue == "sqs" and not s.sqs_queue_url:
+        raise ConfigError("TELEMETRY_SQS_QUEUE_URL: required when TELEMETRY_QUEUE=sqs")
+    if s.storage == "s3" and not s.s3_bucket:
+        raise ConfigError("TELEMETRY_S3_BUCKET: required when TELEMETRY_STORAGE=s3")
+    if s.max_decompressed_bytes < s.max_body_bytes:
+        raise ConfigError("TELEMETRY_MAX_DECOMPRESSED_BYTES: must not be below the body limit")
+    if s.max_message_bytes < 4096:
+        raise ConfigError("TELEMETRY_MAX_MESSAGE_BYTES: must be at least 4096")
+    return s

@@ -1,0 +1,89 @@
+"""Processes started as a user would: `python -m telemetry ...` with TELEMETRY_* settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pipeline:
+    data_dir: Path
+    env: dict[str, str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    url: str = ""
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "telemetry", *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+    def create_key(self, vehicles: str = "*", name: str = "test") -> str:
+        out = self.cli("keys", "create", "--name", name, "--vehicles", vehicles)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().splitlines()[-1]
+
+    def start(self, *args: str, log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.data_dir / f"{log_name}.log", "wb")  # noqa: SIM115
+        p = subprocess.Popen(
+            [sys.executable, "-m", "telemetry", *args],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        self.procs.append(p)
+        return p
+
+    def serve(self) -> subprocess.Popen[bytes]:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        p = self.start("serve", "--port", str(port), log_name="serve")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert p.poll() is None, self.log("serve")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return p
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError("serve did not become healthy:\n" + self.log("serve"))
+
+    def log(self, name: str) -> str:
+        path = self.data_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, p: subprocess.Popen[bytes], timeout: float = 30) -> int:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        return p.wait(timeout=timeout)
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env.update(
+        TELEMETRY_DATA_DIR=str(tmp_path / "data"),
+        TELEMETRY_BATCH_MAX_AGE="0.5",
+        TELEMETRY_LOG_FORMAT="json",
+    )
+    p = Pipeline(tmp_path, env)
+    yield p
+    for proc in p.procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

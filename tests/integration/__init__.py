@@ -1,0 +1,1 @@
+"""Tests across adapters and entrypoints, in process."""
