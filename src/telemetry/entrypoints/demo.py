@@ -203,10 +203,7 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
     # What the worker had not received when it stopped, a second pass drains (`worker --once`).
     rest = Worker(container.drain_batches()).run(once=True)
     stats = worker.stats
-    for f in ("files", "readings", "bytes"):
-        setattr(stats, f, getattr(stats, f) + getattr(rest, f))
-    stats.received_to_stored = stats.received_to_stored.merge(rest.received_to_stored)
-    stats.ts_to_stored = stats.ts_to_stored.merge(rest.ts_to_stored)
+    stats.merge(rest)
     t0 = time.monotonic()
     results = container.aggregate_hours().changed()
     agg_s = time.monotonic() - t0

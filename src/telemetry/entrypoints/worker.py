@@ -29,6 +29,13 @@ class WorkerStats:
         self.received_to_stored = self.received_to_stored.merge(f.received_to_stored)
         self.ts_to_stored = self.ts_to_stored.merge(f.ts_to_stored)
 
+    def merge(self, other: WorkerStats) -> None:
+        self.files += other.files
+        self.readings += other.readings
+        self.bytes += other.bytes
+        self.received_to_stored = self.received_to_stored.merge(other.received_to_stored)
+        self.ts_to_stored = self.ts_to_stored.merge(other.ts_to_stored)
+
 
 class Worker:
     """Runs a DrainBatches use case until `stop` is set.
