@@ -80,8 +80,8 @@ def _memory_queue(n: int, per_request: int, vehicles: int) -> MemoryQueue:
     return queue
 
 
-def drain_once(root: Path, n: int, per_request: int, vehicles: int, procs: int, kind: str
-               ) -> dict[str, Any]:
+def drain_once(root: Path, n: int, per_request: int, vehicles: int, procs: int, kind: str,
+               receive_max: int = 100) -> dict[str, Any]:
     qpath = root / "queue.sqlite3"
     lake = root / "lake"
     queue: Any
@@ -90,7 +90,8 @@ def drain_once(root: Path, n: int, per_request: int, vehicles: int, procs: int, 
     else:
         prefill(qpath, n, per_request, vehicles, procs)
         queue = _queue(qpath)
-    drain = DrainBatches(queue, lake_storage(lake), SystemClock(), BatchPolicy())
+    drain = DrainBatches(queue, lake_storage(lake), SystemClock(), BatchPolicy(),
+                         receive_max=receive_max)
     rss0 = rss_kib()
     t = time.perf_counter()
     files = drain.drain()
@@ -115,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--fill-procs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--queue", choices=("sqlite", "memory"), default="sqlite",
                     help="memory: the domain and lake writes alone, without the SQLite adapter")
+    ap.add_argument("--receive-max", type=int, default=100,
+                    help="messages per receive (the worker's receive_max)")
     ap.add_argument("--dir", help="scratch directory (default: a fresh temp dir)")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -122,13 +125,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = scratch_dir(args.dir, "bench-worker-")
     try:
         runs = [drain_once(root, args.readings, args.per_request, args.vehicles,
-                           args.fill_procs, args.queue) for _ in range(args.runs)]
+                           args.fill_procs, args.queue, args.receive_max)
+                for _ in range(args.runs)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
     secs = [r["seconds"] for r in runs]
     policy = BatchPolicy()
     result = {
         "queue": args.queue,
+        "receive_max": args.receive_max,
         "readings": args.readings,
         "runs": args.runs,
         "files_per_run": runs[0]["files"],

@@ -95,7 +95,8 @@ class Container(containers.DeclarativeContainer):
     authenticator = providers.Singleton(Authenticator, keys)
     accept_readings = providers.Singleton(AcceptReadings, queue, clock, rules)
     drain_batches = providers.Factory(
-        DrainBatches, queue, storage, clock, batch_policy, compress=config.compress
+        DrainBatches, queue, storage, clock, batch_policy, compress=config.compress,
+        receive_max=config.receive_max,
     )
     aggregate_hours = providers.Factory(AggregateHours, storage)
 

@@ -51,6 +51,8 @@ class Settings:
     batch_max_bytes: int = 8 * MiB
     batch_max_age: float = 5.0
     batch_max_open_hours: int = 8
+    # messages asked for per receive; SQS caps a receive at 10 whatever is asked
+    receive_max: int = 100
     compress: bool = False
     shutdown_deadline: float = 25.0
     # logs
@@ -138,6 +140,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "batch_max_bytes": _positive(int),
     "batch_max_age": _positive(float),
     "batch_max_open_hours": _positive(int),
+    "receive_max": _positive(int),
     "compress": _parse_bool,
     "shutdown_deadline": _positive(float),
     "log_format": _choice("text", "json"),
