@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -102,6 +103,65 @@ def test_list_skips_temp_files_of_writes_in_progress_or_crashed(tmp_path: Path) 
     assert s.list("raw/year=2026/month=11/day=29/hour=01/") == [KEY]
     s.put("raw/year=2026/month=11/day=29/hour=01/part-0002.jsonl", b"whole\n")
     assert len(s.list("raw/")) == 2
+
+
+def test_list_sweeps_temp_files_left_by_writers_that_died_an_hour_ago(tmp_path: Path) -> None:
+    s = FilesystemStorage(tmp_path / "lake")
+    s.put(KEY, b"whole\n")
+    hour = (tmp_path / "lake" / KEY).parent
+    old = time.time() - 3601
+    stale = hour / ".part-0002.jsonl.0123abcd.tmp"
+    young = hour / ".part-0003.jsonl.4567cdef.tmp"  # could be a write in progress
+    not_a_temp = hour / ".keep"
+    for f in (stale, young, not_a_temp):
+        f.write_bytes(b"half a fi")
+    for f in (stale, not_a_temp):
+        os.utime(f, (old, old))
+    assert s.list("raw/") == [KEY]
+    assert sorted(p.name for p in temp_files(tmp_path)) == [".keep", young.name]
+    # Listing what does not hold the directory sweeps nothing there.
+    young_then_stale = time.time() - 7200
+    os.utime(young, (young_then_stale, young_then_stale))
+    assert s.list("aggregates/") == []
+    assert young.exists()
+
+
+def _killed_at(root: Path, point: str, data: bytes) -> int:
+    """put() in a forked child that SIGKILLs itself at `point`; returns its wait status."""
+
+    def step(p: str) -> None:
+        if p == point:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            FilesystemStorage(root, step=step).put(KEY, data)
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+@pytest.mark.parametrize("point", ["storage.mid_write", "storage.before_rename"])
+def test_a_writer_killed_mid_put_leaves_no_object_only_an_ignored_temp_file(
+    tmp_path: Path, point: str
+) -> None:
+    root = tmp_path / "lake"
+    data = b"".join(b'{"n": %d}\n' % i for i in range(60_000))  # ~600 KB, three write chunks
+    status = _killed_at(root, point, data)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    s = FilesystemStorage(root)
+    assert s.list("") == []
+    with pytest.raises(NotFound):
+        s.get(KEY)
+    [tmp] = temp_files(tmp_path)
+    left = tmp.read_bytes()
+    if point == "storage.mid_write":
+        assert data.startswith(left) and len(left) < len(data)
+    else:
+        assert left == data
+    s.put(KEY, data)  # the retry, as the redelivered messages make the worker do
+    assert s.get(KEY) == data and s.list("") == [KEY]
 
 
 def test_readers_never_see_part_of_an_object(tmp_path: Path) -> None:

@@ -11,6 +11,11 @@ are fsynced into their parents the same way. Readers see the old object, the new
 new key) none; never part of one. Temp names start with `.`, and so `list` skips every name
 starting with `.`, and keys may not contain such a segment.
 
+A writer killed before its rename leaves its temp file behind (whole or partial; never visible
+as an object). `list` deletes the temp files it walks past once they are older than
+`stale_temp_seconds` (an hour): no write takes that long, so none still in progress is hit.
+`telemetry aggregate` lists all of `raw/` on every run, and so sweeps the lake.
+
 What S3 allows and a directory cannot: `a` and `a/b` both being objects. Writing one after the
 other raises StorageUnavailable (the lake's keys never do this).
 """
@@ -22,13 +27,20 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from telemetry.domain.errors import NotFound, StorageUnavailable
 
 _NOT_AN_OBJECT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+# Bounded writes; between two of them is also where the crash tests kill a write half done.
+_WRITE_CHUNK = 256 * 1024
+
+
+def _no_step(point: str) -> None:
+    """The default step hook: nothing (crash tests install one that kills the process)."""
 
 
 def _segments(key: str, *, what: str = "key") -> list[str]:
@@ -58,8 +70,16 @@ def _fsync_dir(path: Path) -> None:
 class FilesystemStorage:
     """Objects as files under `root`."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        stale_temp_seconds: float = 3600.0,
+        step: Callable[[str], None] = _no_step,
+    ) -> None:
         self.root = Path(root)
+        self.stale_temp_seconds = stale_temp_seconds
+        self._step = step  # called at named points inside put; see entrypoints/crashpoints.py
         with self._translated("create the lake directory", self.root):
             self._make_dirs(self.root)
 
@@ -77,10 +97,12 @@ class FilesystemStorage:
                 try:
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(fd, view) :]
+                        view = view[os.write(fd, view[:_WRITE_CHUNK]) :]
+                        self._step("storage.mid_write")
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+                self._step("storage.before_rename")
                 os.replace(tmp, target)
             except BaseException:
                 with contextlib.suppress(OSError):  # not created, or already renamed
@@ -134,11 +156,19 @@ class FilesystemStorage:
             return
         for e in entries:
             if e.name.startswith("."):
-                continue  # temp files of writes in progress
+                if e.name.endswith(".tmp"):  # a write in progress, or one whose writer died
+                    self._remove_if_stale(e)
+                continue
             if e.is_dir(follow_symlinks=False):
                 yield from self._walk(Path(e.path), f"{base}{e.name}/")
             else:
                 yield f"{base}{e.name}"
+
+    def _remove_if_stale(self, entry: os.DirEntry[str]) -> None:
+        with contextlib.suppress(OSError):  # gone already (renamed, or another sweeper)
+            st = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > self.stale_temp_seconds:
+                os.unlink(entry.path)
 
     def _make_dirs(self, directory: Path) -> None:
         """mkdir -p, fsyncing each new directory's parent so the new entry is durable."""

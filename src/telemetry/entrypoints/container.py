@@ -20,6 +20,7 @@ from telemetry.domain.batching import BatchPolicy
 from telemetry.domain.keys import Authenticator
 from telemetry.domain.readings import ReadingRules
 from telemetry.domain.services import AcceptReadings, AggregateHours, DrainBatches
+from telemetry.entrypoints import crashpoints
 from telemetry.entrypoints.settings import ConfigError, Settings
 
 
@@ -104,4 +105,20 @@ class Container(containers.DeclarativeContainer):
 def create_container(settings: Settings, *, key_store: str = "file") -> Container:
     container = Container()
     container.config.from_dict({**settings.as_dict(), "key_store": key_store})
+    crash = crashpoints.from_env()
+    if crash is not None:
+        _install_crashpoints(container, crash)
     return container
+
+
+def _install_crashpoints(container: Container, crash: crashpoints.CrashAt) -> None:
+    """Crash tests only (TELEMETRY_TEST_CRASH_AT): the ports wrapped in kill points.
+
+    The adapters are built here, eagerly: an override that wrapped the provider it replaces
+    would call itself."""
+    queue = container.queue()
+    storage = container.storage()
+    if isinstance(storage, FilesystemStorage):
+        storage = FilesystemStorage(storage.root, step=crash.step)
+    container.queue.override(providers.Object(crashpoints.CrashingQueue(queue, crash)))
+    container.storage.override(providers.Object(crashpoints.CrashingStorage(storage, crash)))
