@@ -33,9 +33,12 @@ class RssSampler(threading.Thread):
         self._done = threading.Event()
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time of the process and its children (`--workers`) so far."""
+        total = 0
+        for pid in _process_tree(self.pid):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def run(self) -> None:
         self.cpu0, self.t0 = self.cpu_seconds(), time.monotonic()
@@ -60,15 +63,23 @@ class RssSampler(threading.Thread):
                 "early_mib": early / 1024, "end_mib": late / 1024}
 
 
+def _process_tree(pid: int) -> list[int]:
+    out = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            out += _process_tree(int(child))
+    return out
+
+
 def one_server(kind: str, root: Path, key: str | None, bodies: list[bytes], seconds: float,
-               procs: int, conns: int) -> dict[str, Any]:
+               procs: int, conns: int, workers: int = 1) -> dict[str, Any]:
     data = root / f"{kind}-data"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     port = free_port()
     if kind == "ours":
         key = create_key(data)
-        server = start_serve(data, port)
+        server = start_serve(data, port, "--workers", str(workers))
     else:
         assert key is not None
         server = start_peer(data, port, key)
@@ -99,6 +110,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--load-procs", type=int, default=2)
     ap.add_argument("--conns", type=int, default=8, help="connections per load process")
     ap.add_argument("--only", choices=("ours", "peer"), help="run one server only")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server processes of ours (`telemetry serve --workers`); the peer "
+                    "keeps one. RSS is the first process's only; CPU counts them all")
     ap.add_argument("--dir", help="scratch directory (default: a fresh temp dir)")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -116,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if kind == "peer" and key is None:
                     key = "bench-peer-key"
                 r = one_server(kind, root, key, bodies, args.seconds, args.load_procs,
-                               args.conns)
+                               args.conns, args.workers)
                 if r["errors"]:
                     print(f"{kind}: {r['errors']} non-202 answers: {r['statuses']}")
                 runs[kind].append(r)
@@ -124,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     result: dict[str, Any] = {"seconds_per_run": args.seconds, "runs": args.runs,
                               "per_request": args.per_request,
-                              "load": f"{args.load_procs} procs x {args.conns} conns"}
+                              "load": f"{args.load_procs} procs x {args.conns} conns",
+                              "ours_workers": args.workers}
     for kind, rs in runs.items():
         rates = [r["readings_per_s"] for r in rs]
         result[f"{kind}_readings_per_s_median"] = median(rates)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from litestar.testing import TestClient
 from telemetry.domain.keys import format_key
 from telemetry.domain.readings import derive_reading_id
 from telemetry.entrypoints.container import Container
+from telemetry.entrypoints.http import _Sender
 from telemetry.entrypoints.logs import _JsonFormatter, _TextFormatter
 from telemetry.entrypoints.settings import MiB, Settings
 from tests.integration.http_support import (
@@ -403,6 +406,66 @@ def test_a_queue_that_does_not_answer_is_503_within_the_enqueue_timeout() -> Non
         # The abandoned sends now finish: the documented at-least-once case that the
         # client's retry (same reading ids) makes harmless.
         queue.release.set()
+
+
+def test_a_send_that_times_out_before_a_thread_takes_it_never_runs() -> None:
+    """The sender's threads are all busy with a queue that hangs: a request waiting for one
+    answers 503 in time, and its readings are not enqueued later."""
+    release, sent = threading.Event(), []
+
+    def send(messages: list[bytes]) -> None:
+        release.wait(10)
+        sent.append(messages)
+
+    sender = _Sender(send, threads=1)
+
+    async def scenario() -> list[str]:
+        first = asyncio.ensure_future(sender.send([b"first"], 0.2))
+        second = asyncio.ensure_future(sender.send([b"second"], 0.2))
+        outcomes = []
+        for f in (first, second):
+            try:
+                await f
+                outcomes.append("ok")
+            except TimeoutError:
+                outcomes.append("timeout")
+        release.set()
+        third = await asyncio.wait_for(sender.send([b"third"], 5), 5)
+        assert third is None
+        return outcomes
+
+    try:
+        assert asyncio.run(scenario()) == ["timeout", "timeout"]
+        # The first was running when it timed out (it may still finish: at-least-once); the
+        # second never started, so it never runs.
+        assert sent == [[b"first"], [b"third"]]
+    finally:
+        release.set()
+        sender.stop()
+
+
+def test_sends_run_concurrently() -> None:
+    """Several requests can be inside queue.send at once (the SQLite queue groups them)."""
+    inside, peak, lock = [0], [0], threading.Lock()
+
+    def send(messages: list[bytes]) -> None:
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+
+    sender = _Sender(send, threads=8)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(sender.send([b"x"], 5) for _ in range(8)))
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sender.stop()
+    assert peak[0] > 1
 
 
 def test_an_unexpected_error_is_a_json_500_and_logged(caplog) -> None:

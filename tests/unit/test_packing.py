@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetry.domain.errors import PoisonMessage
-from telemetry.domain.packing import pack, unpack
+from telemetry.domain.packing import pack, pack_joined, unpack
 
 H0 = int(datetime(2026, 11, 29, 1, tzinfo=UTC).timestamp())  # an hour, epoch seconds
 H1 = H0 + 3600
@@ -180,3 +180,15 @@ def test_header_is_the_documented_json() -> None:
         "received_at": RECEIVED_MS,
         "ts": [item(H0, 1)[2], item(H0, 2)[2]],
     }
+
+
+@settings(max_examples=100, deadline=None)
+@given(packing_input())
+def test_packing_joined_lines_gives_what_pack_gives(case: tuple[list[Item], int]) -> None:
+    """Ingest encodes an hour's lines in one piece; the envelopes are the same, split too."""
+    items, max_bytes = case
+    joined: dict[int, tuple[bytes, list[int]]] = {}
+    for hour, line, ts_ms in items:
+        payload, ts = joined.get(hour, (b"", []))
+        joined[hour] = (payload + line, [*ts, ts_ms])
+    assert pack_joined(joined, RECEIVED_MS, max_bytes) == pack(items, RECEIVED_MS, max_bytes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import struct
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -15,15 +16,23 @@ from hypothesis import strategies as st
 
 from telemetry.domain.errors import Problem
 from telemetry.domain.readings import (
+    READING_ID_PATTERN,
+    SIGNAL_NAME_PATTERN,
     Reading,
     ReadingBatch,
     ReadingRules,
     Record,
+    WireBatch,
+    WireReading,
+    _KnownValid,
     canonical_ts,
+    check_patterns,
     decode_record,
     derive_reading_id,
+    derive_reading_ids,
     describe_problems,
     encode_record,
+    encode_records,
     hour_of,
     reading_id_of,
     to_record,
@@ -601,3 +610,93 @@ def test_a_record_line_holds_no_newline(signals: dict[str, Any]) -> None:
     """JSON Lines: string values with newlines must come out escaped."""
     r = Reading("v", NOW, signals)
     assert b"\n" not in encode_record(to_record(r, "r", NOW))
+
+
+# ---------------------------------------------------------------- the ingest fast path
+
+
+def fast_path_agrees(obj: Any, wire: str) -> bool | None:
+    """Whether ingest's fast path (`WireBatch` without patterns, then `check_patterns`) takes
+    exactly what `ReadingBatch` takes; None when the wire cannot carry `obj`."""
+    codec: Any = msgspec.json if wire == "json" else msgspec.msgpack
+    try:
+        body = codec.encode({"readings": [obj]})
+    except OverflowError:
+        return None
+    try:
+        codec.decode(body, type=ReadingBatch)
+        full_ok = True
+    except msgspec.ValidationError:
+        full_ok = False
+    try:
+        check_patterns(codec.decode(body, type=WireBatch).readings, "$.readings")
+        fast_ok = True
+    except msgspec.ValidationError:
+        fast_ok = False
+    return full_ok == fast_ok
+
+
+@pytest.mark.parametrize(("obj", "wire"), LISTED)
+def test_the_fast_path_agrees_on_every_listed_defect(obj: dict[str, Any], wire: str) -> None:
+    # Twice: the second time the names come from the cache of valid names.
+    assert fast_path_agrees(obj, wire)
+    assert fast_path_agrees(obj, wire)
+
+
+@pytest.mark.parametrize("wire", ["json", "msgpack"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=fuzzy_reading_objects())
+def test_the_fast_path_agrees_on_any_generated_object(obj: Any, wire: str) -> None:
+    agree = fast_path_agrees(obj, wire)
+    assume(agree is not None)
+    assert agree
+
+
+def test_the_fast_path_raises_what_msgspec_raises_for_a_pattern() -> None:
+    bad = [with_(vehicle_id="-truck"), with_signal("9lives", 1), with_(reading_id="a b")]
+    for i, obj in enumerate(bad):
+        body = msgspec.json.encode({"readings": [GOOD, obj]})
+        with pytest.raises(msgspec.ValidationError) as full:
+            _json_batch.decode(body)
+        with pytest.raises(msgspec.ValidationError) as fast:
+            check_patterns(msgspec.json.decode(body, type=WireBatch).readings, "$.readings")
+        assert str(fast.value) == str(full.value), i
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F) | st.sampled_from("é\n\u2028")))
+def test_the_reading_id_check_is_the_pattern(rid: str) -> None:
+    assume(1 <= len(rid) <= 128)
+    r = WireReading("car-1", NOW, {"x": 1}, rid)
+    try:
+        check_patterns([r], "$")
+        ok = True
+    except msgspec.ValidationError:
+        ok = False
+    assert ok == bool(re.search(READING_ID_PATTERN, rid))
+
+
+def test_the_cache_of_valid_names_is_bounded() -> None:
+    known = _KnownValid(SIGNAL_NAME_PATTERN, 100)
+    assert known.learn(f"S{i}" for i in range(1000))
+    assert len(known.ok) <= 100
+    assert not known.learn(["ok", "9bad"])
+    assert "9bad" not in known.ok
+
+
+@FAST
+@given(st.lists(readings(), max_size=8), st.lists(any_instant, max_size=8))
+def test_ids_derived_together_are_the_ids_derived_one_by_one(
+    rs: list[Reading], instants: list[datetime]
+) -> None:
+    # Instants of any year and offset, with and without a fraction of a second.
+    rs = rs + [Reading("car-1", t, {"x": 1}) for t in instants]
+    assert derive_reading_ids(rs) == [derive_reading_id(r.vehicle_id, r.ts, r.signals) for r in rs]
+
+
+@FAST
+@given(st.lists(readings(), max_size=8), st.datetimes(timezones=st.just(UTC)))
+def test_records_encoded_together_are_the_lines_one_by_one(
+    rs: list[Reading], received: datetime
+) -> None:
+    records = [to_record(r, reading_id_of(r), received) for r in rs]
+    assert encode_records(records) == b"".join(encode_record(r) + b"\n" for r in records)

@@ -55,26 +55,56 @@ def pack(
 
     One envelope per hour, split further only when an hour's lines would exceed max_bytes.
     """
-    by_hour: dict[int, list[tuple[bytes, int]]] = {}
+    by_hour: dict[int, tuple[list[bytes], list[int]]] = {}
     for hour, line, ts_ms in items:
-        by_hour.setdefault(hour, []).append((line, ts_ms))
+        group = by_hour.get(hour)
+        if group is None:
+            group = by_hour[hour] = ([], [])
+        group[0].append(line)
+        group[1].append(ts_ms)
+    return pack_hours(by_hour, received_at_ms, max_bytes)
+
+
+def pack_hours(
+    by_hour: dict[int, tuple[list[bytes], list[int]]], received_at_ms: int, max_bytes: int
+) -> list[bytes]:
+    """`pack` for items already grouped: hour_epoch_s -> (lines with newline, ts_ms)."""
     out: list[bytes] = []
-    for hour, entries in by_hour.items():
-        lines: list[bytes] = []
-        ts: list[int] = []
+    for hour, (lines, ts) in by_hour.items():
+        size = _HEADER_OVERHEAD + sum(map(len, lines)) + _PER_TS * len(lines)
+        if size <= max_bytes:  # the usual case: one envelope for the hour
+            out.append(_envelope(hour, received_at_ms, ts, lines))
+            continue
+        part: list[bytes] = []
+        part_ts: list[int] = []
         size = _HEADER_OVERHEAD
-        for line, t in entries:
+        for line, t in zip(lines, ts, strict=True):
             need = len(line) + _PER_TS
             if need + _HEADER_OVERHEAD > max_bytes:
                 raise ValueError(f"one record of {len(line)} bytes exceeds {max_bytes} bytes")
-            if lines and size + need > max_bytes:
-                out.append(_envelope(hour, received_at_ms, ts, lines))
-                lines, ts, size = [], [], _HEADER_OVERHEAD
-            lines.append(line)
-            ts.append(t)
+            if part and size + need > max_bytes:
+                out.append(_envelope(hour, received_at_ms, part_ts, part))
+                part, part_ts, size = [], [], _HEADER_OVERHEAD
+            part.append(line)
+            part_ts.append(t)
             size += need
-        if lines:
-            out.append(_envelope(hour, received_at_ms, ts, lines))
+        if part:
+            out.append(_envelope(hour, received_at_ms, part_ts, part))
+    return out
+
+
+def pack_joined(
+    by_hour: dict[int, tuple[bytes, list[int]]], received_at_ms: int, max_bytes: int
+) -> list[bytes]:
+    """`pack` for lines already joined per hour: hour_epoch_s -> (the lines, each ending in
+    a newline and holding none inside, ts_ms). Split into lines only when over max_bytes."""
+    out: list[bytes] = []
+    for hour, (payload, ts) in by_hour.items():
+        if _HEADER_OVERHEAD + len(payload) + _PER_TS * len(ts) <= max_bytes:
+            out.append(_envelope(hour, received_at_ms, ts, [payload]))
+        else:
+            lines = [line + b"\n" for line in payload.split(b"\n")[:-1]]
+            out.extend(pack_hours({hour: (lines, ts)}, received_at_ms, max_bytes))
     return out
 
 

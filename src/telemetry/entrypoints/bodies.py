@@ -23,7 +23,13 @@ from typing import Any, Final
 import msgspec
 
 from telemetry.domain.errors import Problem
-from telemetry.domain.readings import Reading, ReadingBatch, describe_problems
+from telemetry.domain.readings import (
+    Reading,
+    WireBatch,
+    WireReading,
+    check_patterns,
+    describe_problems,
+)
 
 JSON: Final = "application/json"
 NDJSON: Final = "application/x-ndjson"
@@ -169,9 +175,11 @@ async def read_body(receive: Receive, *, gzip: bool, max_wire: int, max_inflated
 
 # ------------------------------------------------------------------ decoding
 
-_json_batch = msgspec.json.Decoder(ReadingBatch)
-_json_reading = msgspec.json.Decoder(Reading)
-_msgpack_batch = msgspec.msgpack.Decoder(ReadingBatch)
+# The fast path decodes without the pattern constraints and checks names through a cache
+# (`check_patterns`): msgspec would run the regex for every string of every reading.
+_json_batch = msgspec.json.Decoder(WireBatch)
+_json_reading = msgspec.json.Decoder(WireReading)
+_msgpack_batch = msgspec.msgpack.Decoder(WireBatch)
 # float_hook: a literal like 1e400 becomes inf (a rule break, 422) instead of failing the
 # whole untyped decode as "out of range" (which would make it a 400).
 _json_any = msgspec.json.Decoder(float_hook=float)
@@ -185,10 +193,12 @@ def decode(fmt: str, body: Body) -> Sequence[Reading]:
     """The typed fast path. Raises BadBody, or msgspec.ValidationError for `explain`."""
     try:
         if fmt == NDJSON:
-            return _json_reading.decode_lines(body)
-        if fmt == MSGPACK:
-            return _msgpack_batch.decode(body).readings
-        return _json_batch.decode(body).readings
+            lines = _json_reading.decode_lines(body)
+            check_patterns(lines, "$")
+            return lines
+        batch = (_msgpack_batch if fmt == MSGPACK else _json_batch).decode(body)
+        check_patterns(batch.readings, "$.readings")
+        return batch.readings
     except msgspec.ValidationError:
         raise
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
