@@ -20,8 +20,9 @@ from botocore.config import Config
 # an outage within seconds (ingest answers 503 and the client retries; the worker backs off).
 DEFAULT_MAX_ATTEMPTS = 4
 CONNECT_TIMEOUT_S = 3.0
-# The ingest service calls the adapter from a pool of up to 40 threads (anyio's default).
-MAX_POOL_CONNECTIONS = 50
+# The ingest service calls the adapter from 64 sender threads (http.SEND_THREADS): one
+# connection each, so none waits for another's.
+MAX_POOL_CONNECTIONS = 64
 
 
 _loaders: dict[str | None, Any] = {}

@@ -53,6 +53,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024  # what a queue created without the attri
 BATCH_MAX_ENTRIES = 10
 BATCH_MAX_PAYLOAD = 1024 * 1024
 LONG_POLL_MAX_SECONDS = 20
+CALL_READ_TIMEOUT_S = 5.0  # every call but a long poll: SQS answers in milliseconds
 MAX_VISIBILITY_SECONDS = 43_200
 PARTIAL_FAILURE_ATTEMPTS = 5
 
@@ -168,12 +169,16 @@ class SqsQueue:
         if not queue_url:
             raise ValueError("an SQS queue URL is required")
         self.queue_url = queue_url
-        self._client: SQSClient = client or make_client(
-            "sqs",
-            region_name=region_name or region_of(queue_url),
-            # A long poll holds the connection for up to 20 s before the answer starts.
-            read_timeout=LONG_POLL_MAX_SECONDS + 10,
+        region = region_name or region_of(queue_url)
+        # A long poll holds the connection for up to 20 s before the answer starts; every other
+        # call answers at once, so a hung endpoint is given up on after a few seconds (the
+        # ingest's send threads must not pile up behind it).
+        self._poll_client: SQSClient = client or make_client(
+            "sqs", region_name=region, read_timeout=LONG_POLL_MAX_SECONDS + 10,
             max_attempts=max_attempts,
+        )
+        self._client: SQSClient = client or make_client(
+            "sqs", region_name=region, read_timeout=CALL_READ_TIMEOUT_S, max_attempts=max_attempts,
         )
         self._attempts = max(1, partial_failure_attempts)
         # A short poll samples some SQS hosts only and may answer empty while messages wait;
@@ -224,7 +229,7 @@ class SqsQueue:
         # Whole seconds, rounded down: the port promises to wait *up to* wait_seconds.
         wait = min(LONG_POLL_MAX_SECONDS, max(0, int(wait_seconds)))
         with _translated("receive"):
-            resp = self._client.receive_message(
+            resp = self._poll_client.receive_message(
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=min(BATCH_MAX_ENTRIES, max_messages),
                 WaitTimeSeconds=wait,
@@ -308,7 +313,7 @@ class SqsQueue:
 
     def _receive_raw(self, url: str, n: int, *, wait: int) -> list[Any]:
         with _translated("receive from the dead-letter queue"):
-            resp = self._client.receive_message(
+            resp = self._poll_client.receive_message(
                 QueueUrl=url,
                 MaxNumberOfMessages=n,
                 VisibilityTimeout=60,  # long enough to get through a redrive round
