@@ -76,6 +76,11 @@ class Batcher:
         old = [h for h, b in self._open.items() if now - b.opened_at >= limit]
         return [self._open.pop(h) for h in old]
 
+    def take(self, hour: int) -> list[Batch]:
+        """The open batch of `hour`, if any, taken out to be flushed now."""
+        batch = self._open.pop(hour, None)
+        return [] if batch is None else [batch]
+
     def drain(self) -> list[Batch]:
         """Every open batch, for shutdown."""
         out = list(self._open.values())

@@ -20,10 +20,17 @@ from telemetry.domain.aggregation import (
     dedupe,
 )
 from telemetry.domain.batching import Batch, Batcher, BatchPolicy
-from telemetry.domain.errors import Forbidden, InvalidReadings, NotFound, PoisonMessage
+from telemetry.domain.errors import (
+    Forbidden,
+    InvalidReadings,
+    NotFound,
+    PoisonMessage,
+    QueueUnavailable,
+    StorageUnavailable,
+)
 from telemetry.domain.keys import Principal
 from telemetry.domain.latency import LatencyDistribution
-from telemetry.domain.packing import pack_joined, unpack
+from telemetry.domain.packing import Part, pack_joined, unpack
 from telemetry.domain.ports import Clock, Queue, Storage
 from telemetry.domain.readings import (
     Reading,
@@ -124,6 +131,11 @@ class DrainBatches:
     A message is deleted only after the file holding its readings is stored, so a crash at any
     point leaves it in the queue to come back (at-least-once). A message that cannot be
     unpacked is left alone: the queue dead-letters it after max receives.
+
+    A failed write is not dropped: the batch is kept, its messages kept invisible, and written
+    again on the next poll; a failed delete after a stored write is retried the same way. Until
+    that retry succeeds nothing new is received, so an outage of the lake, however long, neither
+    dead-letters healthy messages nor grows memory beyond what the batch policy already held.
     """
 
     def __init__(
@@ -142,30 +154,60 @@ class DrainBatches:
         self.batcher = Batcher(policy)
         self.compress = compress
         self.receive_max = receive_max
+        self._unstored: list[Batch] = []  # writes that failed, oldest first
+        self._undeleted: list[Batch] = []  # stored, but the delete failed
+        self._unreported: list[FileWritten] = []  # stored during a call that then raised
+
+    @property
+    def held(self) -> list[Batch]:
+        """Every batch whose messages this worker holds: unstored, undeleted or still open."""
+        return [*self._undeleted, *self._unstored, *self.batcher.open_batches]
+
+    @property
+    def backlog(self) -> int:
+        """Batches waiting for a write to be retried."""
+        return len(self._unstored)
 
     def poll(self, wait_seconds: float) -> PollResult:
-        """One receive, then flush whatever is full or old enough."""
+        """Retry what failed; then one receive, and flush whatever is full or old enough.
+
+        Raises QueueUnavailable or StorageUnavailable while a fault lasts; nothing held is
+        lost, and the files stored before the fault are reported by the next call."""
         # Before anything is taken out of the batcher, so a queue fault here loses no batch.
-        self._keep_invisible(self.batcher.open_batches)
-        for deadline in (self.batcher.next_deadline(), self._next_extension()):
+        self._keep_invisible(self.held)
+        self._retry()
+        for deadline in (self.batcher.next_deadline(), self.next_hold()):
             if deadline is not None:
                 wait_seconds = max(0.0, min(wait_seconds, deadline - self.clock.monotonic()))
         messages = self.queue.receive(self.receive_max, wait_seconds)
         result = PollResult(received=len(messages))
         ready: list[Batch] = []
+        redelivered: set[int] = set()
         for m in messages:
             try:
-                part = unpack(m.body, m.receipt)
+                part = _checked(unpack(m.body, m.receipt))
             except PoisonMessage as exc:
                 result.poison.append((m.message_id, str(exc)))
                 continue
             ready.extend(self.batcher.add(part, self.clock.monotonic()))
+            if m.receive_count > 1:
+                redelivered.add(part.hour)
+        # A message back from a consumer that died holding it is written now, not after the
+        # batch max age: workers that keep dying before their first file would otherwise walk
+        # healthy messages to the dead-letter queue, one receive each.
+        for hour in redelivered:
+            ready.extend(self.batcher.take(hour))
         ready.extend(self.batcher.due(self.clock.monotonic()))
-        result.files = self._flush(ready)
+        self._flush(ready)
+        result.files = self._reported()
         return result
 
     def flush_all(self) -> list[FileWritten]:
-        return self._flush(self.batcher.drain())
+        """Store and delete everything held (shutdown); raises while a fault lasts, keeping
+        whatever it could not store for the next call."""
+        self._unstored.extend(self.batcher.drain())
+        self._retry()
+        return self._reported()
 
     def drain(self, wait_seconds: float = 0.0) -> list[FileWritten]:
         """Receive until the queue answers empty, then flush everything (`worker --once`)."""
@@ -178,13 +220,28 @@ class DrainBatches:
         files.extend(self.flush_all())
         return files
 
+    def hold(self) -> None:
+        """Extend the visibility of held messages that need it; for a worker backing off."""
+        self._keep_invisible(self.held)
+
+    def release(self) -> int:
+        """Give back every message held but not stored (a worker giving up at shutdown), so
+        the next worker receives them at once; returns how many. Best effort: if the queue
+        does not answer, they come back when their visibility timeout ends."""
+        batches = [*self._unstored, *self.batcher.drain()]
+        self._unstored = []
+        receipts = [r for b in batches for r in b.receipts]
+        if receipts:
+            self.queue.change_visibility(receipts, 0)
+        return len(receipts)
+
+    def next_hold(self) -> float | None:
+        """When a held batch's messages next need their visibility extended (monotonic)."""
+        return min((self._extend_after(b) for b in self.held), default=None)
+
     def _extend_after(self, batch: Batch) -> float:
         since = batch.opened_at if batch.extended_at is None else batch.extended_at
         return since + self.queue.visibility_timeout / 2
-
-    def _next_extension(self) -> float | None:
-        """When an open batch's messages next need their visibility extended."""
-        return min((self._extend_after(b) for b in self.batcher.open_batches), default=None)
 
     def _keep_invisible(self, batches: Iterable[Batch]) -> None:
         """Extend the visibility of messages held longer than half the visibility timeout,
@@ -197,22 +254,44 @@ class DrainBatches:
                 self.queue.change_visibility(b.receipts, timeout)
                 b.extended_at = now
 
-    def _flush(self, batches: Iterable[Batch]) -> list[FileWritten]:
-        written: list[FileWritten] = []
-        failure: Exception | None = None
+    def _retry(self) -> None:
+        """Deletes that failed, then writes that failed, in that order; raises on a fault."""
+        if self._undeleted:
+            self.queue.delete([r for b in self._undeleted for r in b.receipts])
+            self._undeleted.clear()
+        if self._unstored:
+            batches, self._unstored = self._unstored, []
+            self._flush(batches)
+
+    def _reported(self) -> list[FileWritten]:
+        files, self._unreported = self._unreported, []
+        return files
+
+    def _flush(self, batches: Iterable[Batch]) -> None:
+        """Write and delete each batch; on the first fault keep it and the rest, and raise:
+        the storage is failing, and hammering it with every batch only floods its logs."""
         waiting = list(batches)
         for i, b in enumerate(waiting):
+            stored = False
             try:
                 # The writes before this one may have taken a while: extend what still waits.
                 self._keep_invisible(waiting[i:])
-                written.append(self._write(b))
-            except Exception as exc:  # the batch's messages stay undeleted and come back
-                failure = exc
-        if failure is not None:
-            raise failure
-        return written
+                self._write(b)
+                stored = True
+                self.queue.delete(b.receipts)
+            except (StorageUnavailable, QueueUnavailable, OSError):
+                if stored:
+                    self._undeleted.append(b)  # only the delete is retried
+                self._unstored.extend(waiting[i + 1 :] if stored else waiting[i:])
+                raise
+            except Exception:
+                # Not a fault of the queue or the lake but a bug: the failing batch's messages
+                # come back after their timeout (and dead-letter if it repeats); the rest wait.
+                self._unstored.extend(waiting[i + 1 :])
+                raise
 
-    def _write(self, batch: Batch) -> FileWritten:
+    def _write(self, batch: Batch) -> None:
+        """Store the batch's file and note it for the next report; the caller deletes."""
         content = b"".join(p.payload for p in batch.parts)
         hour = datetime.fromtimestamp(batch.hour, UTC)
         data = gzip.compress(content, compresslevel=6, mtime=0) if self.compress else content
@@ -222,7 +301,6 @@ class DrainBatches:
         key = lake.raw_key(hour, name, self.compress)
         self.storage.put(key, data)
         stored_ms = epoch_ms(self.clock.now())
-        self.queue.delete(batch.receipts)
         received = LatencyDistribution()
         event = LatencyDistribution()
         ts: list[int] = []
@@ -231,9 +309,32 @@ class DrainBatches:
             ts.extend(p.ts_ms)
         # One add_many for the whole file: it sorts once and walks the buckets once.
         event.add_many([stored_ms - t for t in ts])
-        return FileWritten(
-            key, hour, batch.readings, len(data), len(batch.parts), received, event
+        self._unreported.append(
+            FileWritten(key, hour, batch.readings, len(data), len(batch.parts), received, event)
         )
+
+
+_raw_lines = msgspec.json.Decoder(msgspec.Raw)
+
+
+def _checked(part: Part) -> Part:
+    """Refuse an envelope the lake cannot hold, so it dead-letters instead of failing its
+    batch's write every time (and with it the healthy messages of the same hour)."""
+    try:
+        if part.hour % 3600:
+            raise ValueError("not the start of an hour")
+        datetime.fromtimestamp(part.hour, UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise PoisonMessage(f"envelope hour {part.hour}: {exc}") from exc
+    try:
+        # JSON syntax of every line, at a fraction of a full decode's cost: a corrupt line in
+        # the lake would stop that hour's aggregation.
+        lines = len(_raw_lines.decode_lines(part.payload))
+    except msgspec.DecodeError as exc:
+        raise PoisonMessage(f"a record line is not JSON: {exc}") from exc
+    if lines != part.readings:
+        raise PoisonMessage("a record line holds more than one JSON value")
+    return part
 
 
 # ---------------------------------------------------------------- aggregate

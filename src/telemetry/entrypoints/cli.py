@@ -61,9 +61,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     container = create_container(s)
     stop = threading.Event()
     deadline = s.shutdown_deadline
+    worker = Worker(container.drain_batches(), stop, shutdown_deadline=deadline)
 
     def past_deadline() -> None:
-        # Whatever is not stored yet is not deleted either: the queue redelivers it.
+        # A write still hanging (a slow lake): whatever is not stored yet is not deleted
+        # either, and the queue redelivers it after its visibility timeout.
         event(log, "shutdown_deadline_passed", logging.ERROR, deadline_s=deadline)
         logging.shutdown()
         os._exit(1)
@@ -72,6 +74,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if stop.is_set():
             past_deadline()  # a second signal: the operator will not wait
         event(log, "stopping", signal=signal.Signals(signum).name, deadline_s=deadline)
+        # The worker gives up on a failing lake by itself just before this; the timer is for
+        # a write that never returns.
+        worker.deadline_at = worker.drain.clock.monotonic() + deadline
         stop.set()
         timer = threading.Timer(deadline, past_deadline)
         timer.daemon = True
@@ -79,19 +84,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker = Worker(container.drain_batches(), stop)
     event(log, "worker_started", queue=s.queue, storage=s.storage, once=args.once)
     stats = worker.run(once=args.once)
     event(
         log,
         "worker_stopped",
+        level=logging.INFO if worker.clean else logging.ERROR,
+        clean=worker.clean,
         files=stats.files,
         readings=stats.readings,
         bytes=stats.bytes,
         received_to_stored=stats.received_to_stored.summary(),
         ts_to_stored=stats.ts_to_stored.summary(),
     )
-    return 0
+    return 0 if worker.clean else 1
 
 
 # ------------------------------------------------------------------ aggregate
@@ -121,8 +127,15 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from telemetry.domain.errors import QueueUnavailable
+
     s = _settings()
-    for m in create_container(s).queue().dead_letters(args.max):
+    try:
+        dead = create_container(s).queue().dead_letters(args.max)
+    except QueueUnavailable as exc:
+        print(f"telemetry dlq list: queue unavailable, try again: {exc}", file=sys.stderr)
+        return 1
+    for m in dead:
         head = m.body.split(b"\n", 1)[0][:200].decode("utf-8", "replace")
         print(json.dumps({"message_id": m.message_id, "receive_count": m.receive_count,
                           "bytes": len(m.body), "head": head}))
@@ -130,8 +143,16 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from telemetry.domain.errors import QueueUnavailable
+
     s = _settings()
-    n = create_container(s).queue().redrive()
+    try:
+        n = create_container(s).queue().redrive()
+    except QueueUnavailable as exc:
+        # Each message is sent before it is deleted from the dead-letter queue: some may have
+        # moved, none is lost, and running the command again moves the rest.
+        print(f"telemetry dlq redrive: queue unavailable, run it again: {exc}", file=sys.stderr)
+        return 1
     event(log, "dlq_redriven", messages=n)
     print(f"redrove {n} message(s) to the queue")
     return 0

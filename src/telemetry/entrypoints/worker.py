@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from telemetry.domain.errors import QueueUnavailable, StorageUnavailable
@@ -37,11 +38,22 @@ class WorkerStats:
         self.ts_to_stored = self.ts_to_stored.merge(other.ts_to_stored)
 
 
+FAULTS = (QueueUnavailable, StorageUnavailable, OSError)
+MIN_BACKOFF = 0.5
+# Time kept before the shutdown deadline to give back what could not be stored.
+_GIVE_UP_MARGIN = 0.5
+
+
 class Worker:
     """Runs a DrainBatches use case until `stop` is set.
 
-    On stop it flushes its open batches (deleting what it stored) and returns. Faults of the
-    queue or the lake are retried with exponential backoff; one log line per fault episode.
+    Faults of the queue or the lake are retried with exponential backoff, during which the
+    messages held stay invisible; one log line per fault episode, one when it is over.
+
+    On stop it flushes what it holds (deleting what it stored) until the shutdown deadline:
+    `deadline_at` (monotonic) when the signal handler set it, else `shutdown_deadline` seconds
+    after the loop noticed the stop. Past it, it gives back what it could not store and
+    `clean` stays False.
     """
 
     def __init__(
@@ -50,14 +62,23 @@ class Worker:
         stop: threading.Event | None = None,
         *,
         poll_wait: float = 1.0,
+        min_backoff: float = MIN_BACKOFF,
         max_backoff: float = 30.0,
+        shutdown_deadline: float = 25.0,
     ) -> None:
         self.drain = drain
         self.stop = stop or threading.Event()
         self.poll_wait = poll_wait
+        self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        self.shutdown_deadline = shutdown_deadline
+        self.deadline_at: float | None = None
+        self.clean = False  # everything held was stored and deleted when run returned
         self.stats = WorkerStats()
         self._fault: str | None = None
+
+    def _now(self) -> float:
+        return self.drain.clock.monotonic()
 
     def _written(self, files: list[FileWritten]) -> None:
         for f in files:
@@ -76,37 +97,89 @@ class Worker:
     def _step(self, once: bool) -> bool:
         """One poll; returns False when `once` and the queue answered empty."""
         result = self.drain.poll(0.0 if once else self.poll_wait)
+        self._recovered()
         for mid, why in result.poison:
             event(log, "poison_message", logging.WARNING, message_id=mid, reason=why)
         self._written(result.files)
         return not (once and result.received == 0)
 
+    def _faulted(self, exc: Exception, retry_in: float) -> None:
+        if self._fault is None:
+            event(log, "fault", logging.ERROR, error=str(exc), retry_in_s=retry_in,
+                  held_batches=len(self.drain.held))
+        self._fault = str(exc)
+
+    def _recovered(self) -> None:
+        if self._fault is not None:
+            event(log, "recovered", after=self._fault)
+            self._fault = None
+
     def run(self, *, once: bool = False) -> WorkerStats:
-        backoff = 0.5
+        backoff = self.min_backoff
         while not self.stop.is_set():
             try:
                 more = self._step(once)
-            except (QueueUnavailable, StorageUnavailable, OSError) as exc:
-                if self._fault is None:
-                    event(log, "fault", logging.ERROR, error=str(exc), retry_in_s=backoff)
-                self._fault = str(exc)
-                self.stop.wait(backoff)
+            except FAULTS as exc:
+                self._faulted(exc, backoff)
+                self._back_off(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
-            if self._fault is not None:
-                event(log, "recovered", after=self._fault)
-                self._fault = None
-                backoff = 0.5
+            backoff = self.min_backoff
             if not more:
                 break
-        self._flush_remaining()
+        self._shutdown()
         return self.stats
 
-    def _flush_remaining(self) -> None:
+    def _back_off(self, seconds: float) -> None:
+        """Wait `seconds` (less if stopped), extending the visibility of what is held when it
+        falls due, so a long outage never hands the held messages to another worker."""
+        until = self._now() + seconds
+        retry_hold_at = 0.0
+        while not self.stop.is_set():
+            now = self._now()
+            if now >= until:
+                return
+            due = self.drain.next_hold()
+            if due is not None and now >= max(due, retry_hold_at):
+                try:
+                    self.drain.hold()
+                    retry_hold_at = now + 0.05  # a tiny visibility timeout must not spin here
+                except FAULTS:
+                    retry_hold_at = now + self.min_backoff  # the queue is down too
+                continue
+            wake = until if due is None else min(until, max(due, retry_hold_at))
+            self.stop.wait(max(0.01, wake - now))
+
+    def _shutdown(self) -> None:
+        """Flush what is held until the deadline; past it, give the rest back."""
+        deadline = self.deadline_at
+        if deadline is None:
+            deadline = self._now() + self.shutdown_deadline
+        backoff = self.min_backoff
+        while True:
+            try:
+                files = self.drain.flush_all()
+            except FAULTS as exc:
+                self._faulted(exc, backoff)
+                # Room is left for the give-up below before the signal handler's hard stop.
+                left = deadline - self._now() - _GIVE_UP_MARGIN
+                if left > 0:
+                    time.sleep(min(backoff, left))
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                self._give_up(exc)
+                return
+            self._recovered()
+            self._written(files)
+            self.clean = True
+            return
+
+    def _give_up(self, exc: Exception) -> None:
+        # Not deleted, so the messages come back; released, they come back at once.
+        held = sum(len(b.parts) for b in self.drain.held)
         try:
-            self._written(self.drain.flush_all())
-        except (QueueUnavailable, StorageUnavailable, OSError) as exc:
-            # Not deleted, so the messages come back to the next worker.
-            event(log, "final_flush_failed", logging.ERROR, error=str(exc))
-
-
+            released = self.drain.release()
+        except FAULTS:
+            released = 0
+        event(log, "final_flush_failed", logging.ERROR, error=str(exc), held_messages=held,
+              released_messages=released)

@@ -1,0 +1,212 @@
+"""Queue faults under real `telemetry serve` and `telemetry worker` processes.
+
+- SQLite: another process holds the queue's write lock longer than the busy timeout while the
+  worker holds a batch; the worker logs one fault, backs off and resumes. (The ingest side,
+  503 with Retry-After within TELEMETRY_ENQUEUE_TIMEOUT, is tests/e2e/test_ingest_statuses.py.)
+- SQS: the endpoint first answers every call with SQS's throttling error, then refuses
+  connections, then comes back (a small proxy in front of the moto server). Ingest answers
+  503 with Retry-After within TELEMETRY_ENQUEUE_TIMEOUT throughout, the worker logs the whole
+  outage as one episode, and every reading answered 202 is stored.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from telemetry.adapters.sqs import QueueSpec, ensure_queue
+from tests import moto_server
+from tests.e2e.conftest import Pipeline, free_port
+from tests.e2e.test_faults_storage import events, post, stored_ids, wait_for
+from tests.e2e.test_shutdown import enqueue
+
+pytestmark = pytest.mark.e2e
+
+
+def received(data: Path) -> int:
+    with closing(sqlite3.connect(data / "queue.sqlite3", timeout=10)) as db:
+        return int(db.execute("SELECT count(*) FROM messages WHERE receive_count > 0")
+                   .fetchone()[0])
+
+
+def test_a_locked_sqlite_queue_is_one_fault_episode_for_the_worker(pipeline: Pipeline) -> None:
+    """The lock is taken while the worker holds a batch: the file is stored, the delete
+    waits out the busy timeout and fails; once the lock is gone only the delete is retried."""
+    pipeline.env["TELEMETRY_BATCH_MAX_AGE"] = "2"
+    data = pipeline.data_dir / "data"
+    ids = enqueue(data, n_hours=1)
+    pipeline.start("worker", log_name="worker")
+    wait_for("received", lambda: received(data) == 1, pipeline)
+    holder = sqlite3.connect(data / "queue.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a backup, a stuck process: the write lock is taken
+    try:
+        # An operator's redrive meanwhile fails cleanly after the busy timeout, exit 1.
+        redrive = pipeline.cli("dlq", "redrive")
+        assert redrive.returncode == 1, redrive.stderr
+        assert "queue unavailable, run it again" in redrive.stderr
+        assert "Traceback" not in redrive.stderr
+        wait_for("a fault line", lambda: events(pipeline, "fault"), pipeline, timeout=15)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    ids += enqueue(data, n_hours=1)
+    wait_for("stored after the lock", lambda: stored_ids(data / "lake") == sorted(ids), pipeline)
+    wait_for("a recovered line", lambda: events(pipeline, "recovered"), pipeline)
+    (fault,) = events(pipeline, "fault")
+    assert "SQLite queue" in str(fault["error"])
+    assert len(events(pipeline, "recovered")) == 1
+    assert len(events(pipeline, "file_written")) == 2  # the first file was not written again
+
+
+# ------------------------------------------------------------------ SQS
+
+
+class FaultyEndpoint:
+    """A proxy to the moto server on a fixed loopback port, with three modes: `pass`,
+    `throttle` (every call answered as SQS answers a throttled one) and `down` (the port
+    is closed: connections are refused)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.mode = "pass"
+        self.throttled = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    def up(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if proxy.mode == "throttle":
+                    proxy.throttled += 1
+                    out = (b'{"__type":"com.amazonaws.sqs#RequestThrottled",'
+                           b'"message":"Rate exceeded"}')
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/x-amz-json-1.0")
+                    self.send_header("x-amzn-query-error", "RequestThrottled;Sender")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
+                                                  timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection", "content-length")}
+                conn.request("POST", self.path, body, headers)
+                resp = conn.getresponse()
+                out = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length",
+                                         "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+                conn.close()
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client gone mid-answer (the worker, while the port went down)
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.mode = "pass"
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+@pytest.fixture
+def endpoint() -> Iterator[FaultyEndpoint]:
+    e = FaultyEndpoint(moto_server.shared_server_url())
+    e.up()
+    try:
+        yield e
+    finally:
+        e.down()
+
+
+def timed_post(p: Pipeline, key: str, vehicle: str) -> tuple[httpx.Response, float]:
+    reading = {"vehicle_id": vehicle, "ts": datetime.now(UTC).isoformat(),
+               "signals": {"Vehicle.Speed": 1.0}}
+    t0 = time.monotonic()
+    r = httpx.post(p.url + "/v1/readings", json={"readings": [reading]},
+                   headers={"X-API-Key": key}, timeout=30)
+    return r, time.monotonic() - t0
+
+
+def test_sqs_throttled_then_unreachable_then_back(
+    pipeline: Pipeline, endpoint: FaultyEndpoint
+) -> None:
+    pipeline.env.update(moto_server.server_env({}))
+    with moto_server.aws_target("moto_server") as aws:
+        made = ensure_queue(QueueSpec(moto_server.unique("faults"), visibility_timeout=5),
+                           client=aws.client("sqs"))
+    pipeline.env.update(
+        AWS_ENDPOINT_URL=endpoint.url, TELEMETRY_QUEUE="sqs",
+        TELEMETRY_SQS_QUEUE_URL=made.url, TELEMETRY_ENQUEUE_TIMEOUT="2",
+    )
+    lake = pipeline.data_dir / "data" / "lake"
+    key = pipeline.create_key()
+    # The worker hears of the fault on its first throttled answer; ingest keeps botocore's
+    # default retries, whose time the enqueue timeout must bound.
+    pipeline.env["AWS_MAX_ATTEMPTS"] = "1"
+    pipeline.start("worker", log_name="worker")
+    del pipeline.env["AWS_MAX_ATTEMPTS"]
+    pipeline.serve()
+    ids = post(pipeline, key, "car-1", 3)
+    wait_for("stored", lambda: stored_ids(lake) == sorted(ids), pipeline)
+
+    endpoint.mode = "throttle"
+    for _ in range(2):
+        r, took = timed_post(pipeline, key, "car-2")
+        assert r.status_code == 503, r.text
+        assert int(r.headers["Retry-After"]) >= 1
+        assert took < 2 + 1  # TELEMETRY_ENQUEUE_TIMEOUT, whatever botocore's retries take
+    wait_for("a fault line from the worker", lambda: events(pipeline, "fault"), pipeline,
+             timeout=20)
+    assert endpoint.throttled > 0
+
+    endpoint.down()  # connections refused
+    r, took = timed_post(pipeline, key, "car-3")
+    assert r.status_code == 503 and took < 2 + 1, r.text
+    time.sleep(1)
+
+    endpoint.up()
+    deadline = time.monotonic() + 20
+    while True:  # a client retrying on 503, as `telemetry simulate` does
+        r, _ = timed_post(pipeline, key, "car-4")
+        if r.status_code == 202:
+            ids += r.json()["reading_ids"]
+            break
+        assert r.status_code == 503 and time.monotonic() < deadline, r.text
+        time.sleep(0.5)
+    ids += post(pipeline, key, "car-5", 3)
+    # A 503 may still have enqueued (at-least-once): stored ids may include those readings.
+    wait_for("every 202 stored", lambda: set(ids) <= set(stored_ids(lake)), pipeline,
+             timeout=40)
+    wait_for("a recovered line", lambda: events(pipeline, "recovered"), pipeline)
+    assert len(events(pipeline, "fault")) == 1  # throttled, then refused: one episode
+    assert len(events(pipeline, "recovered")) == 1
