@@ -2,8 +2,9 @@
 
     python -m bench.bench_aggregate     # 1,000,000 readings, 4 hours, 1,000 vehicles, 20 files
 
-Ours is `AggregateHours.hour` for every hour (read, decode, dedupe, aggregate, write the
-aggregate file), in one process and with a pool of one process per core (`--jobs`). DuckDB runs
+Ours is what `telemetry aggregate` does for every hour (read, decode, dedupe, aggregate, write
+the aggregate file), in one process and with its default `--jobs` (one process per usable CPU:
+hours in parallel, or an hour's files split over them). DuckDB runs
 the same per vehicle-hour statistics over the same files with all cores. Both results are
 checked equal: counts and min/max exact, means to 1e-9 relative.
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,21 +33,28 @@ from bench.common import (
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.lake import aggregate_key
 from telemetry.domain.services import AggregateHours
+from telemetry.entrypoints import aggregate_jobs
 
 Key = tuple[int, str]  # (hour epoch s, vehicle id)
 
 
-def _aggregate_hour(root: str, hour: datetime) -> int:
-    return AggregateHours(lake_storage(Path(root))).hour(hour).readings
+def cpu_s() -> float:
+    """CPU seconds of this process (all threads) and of its ended children: a figure that
+    holds on a shared machine, where wall time depends on the neighbours."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run_ours(root: Path, hours: list[datetime], jobs: int) -> tuple[float, int]:
+    """What `telemetry aggregate --jobs N` does with these hours to do."""
+    def make_service() -> AggregateHours:
+        return AggregateHours(lake_storage(root))
+
     t = time.perf_counter()
-    if jobs <= 1:
-        n = sum(_aggregate_hour(str(root), h) for h in hours)
-    else:
-        with ProcessPoolExecutor(jobs) as pool:
-            n = sum(pool.map(_aggregate_hour, [str(root)] * len(hours), hours))
+    service = make_service()
+    todo = [(h, service.hour_keys(h)) for h in hours]
+    n = sum(r.readings for r in aggregate_jobs.run(make_service, todo, jobs))
     return time.perf_counter() - t, n
 
 
@@ -145,8 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--hours", type=int, default=4)
     ap.add_argument("--vehicles", type=int, default=1000)
     ap.add_argument("--files", type=int, default=20)
-    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                    help="processes for the pooled run (one hour each)")
+    ap.add_argument("--jobs", type=int, default=aggregate_jobs.default_jobs(),
+                    help="processes for the pooled run (`telemetry aggregate`'s default: "
+                    "the usable CPUs)")
     ap.add_argument("--dir", help="where to build the lake (default: a fresh temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the lake afterwards")
     args = ap.parse_args(argv)
@@ -164,13 +173,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         duck: list[float] = []
         readings = 0
         theirs: dict[Key, dict[str, Any]] = {}
+        cpu = {"duckdb": 0.0, "ours_1proc": 0.0, "ours_pooled": 0.0}
         for _ in range(args.runs):
+            c = cpu_s()
             elapsed, theirs = run_duckdb(root, os.cpu_count() or 1)
             duck.append(elapsed)
+            cpu["duckdb"] += -c + (c := cpu_s())
             elapsed, readings = run_ours(root, hours, 1)
             one.append(elapsed)
+            cpu["ours_1proc"] += -c + (c := cpu_s())
             elapsed, _ = run_ours(root, hours, args.jobs)
             pooled.append(elapsed)
+            cpu["ours_pooled"] += -c + (c := cpu_s())
         diffs = compare(read_ours(root, hours), theirs)
         if diffs:
             raise SystemExit("results differ from DuckDB:\n" + "\n".join(diffs))
@@ -184,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "duckdb_readings_per_s": readings / median(duck),
             "ratio_1proc_vs_duckdb": round(median(duck) / median(one), 3),
             f"ratio_{args.jobs}proc_vs_duckdb": round(median(duck) / median(pooled), 3),
+            **{f"cpu_us_per_reading_{k}": round(v / args.runs / readings * 1e6, 2)
+               for k, v in cpu.items()},
             "results_equal": True,
         }
         emit("aggregate", result, args.json)

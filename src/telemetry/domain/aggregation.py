@@ -9,14 +9,17 @@ aggregating, so a reading never counts twice.
 
 from __future__ import annotations
 
+import gc
 import math
 from array import array
+from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import accumulate, compress, count
-from operator import attrgetter, itemgetter, ne
+from itertools import compress, count, filterfalse
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import msgspec
@@ -88,33 +91,75 @@ def _extreme(pick: Callable[..., Num], values: Sequence[Num], mixed: bool) -> Nu
     return best
 
 
+# Below this magnitude, and with fewer values than this, no sum of values can overflow: fsum of
+# the values is then the correctly rounded exact sum, which is what fsum of the expansion gives.
+_SAFE = 1e300
+_SAFE_COUNT = 10**7
+
+
 @dataclass(slots=True)
 class SignalStats:
     count: int
     min: Num
     max: Num
-    sum_parts: tuple[float, ...]
+    # The exact sum as an expansion (see `_expansion`), or None while `values` are kept: one
+    # pass's mean needs only fsum(values), so the expansion (three more passes over the values)
+    # is made only when a merge needs it.
+    exact: tuple[float, ...] | None
+    values: Sequence[Num] | None = field(default=None, repr=False, compare=False)
+    # fsum of the values, for statistics of one pass that are never merged (see `final`)
+    total: float | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def final(cls, count: int, lo: Num, hi: Num, values: Sequence[Num]) -> SignalStats:
+        """Statistics that are written, not merged: only the rounded sum is kept, so the values
+        (a column slice) are freed at once and their memory reused by the next column."""
+        if lo > -_SAFE and hi < _SAFE and count < _SAFE_COUNT:
+            return cls(count, lo, hi, None, None, math.fsum(values))
+        return cls(count, lo, hi, _expansion(list(map(float, values))))
 
     @classmethod
     def of(cls, values: list[Num]) -> SignalStats:
         mixed = len(set(map(type, values))) > 1
-        return cls(
-            len(values),
-            _extreme(min, values, mixed),
-            _extreme(max, values, mixed),
-            _expansion([float(v) for v in values]),
-        )
+        return cls(len(values), _extreme(min, values, mixed), _extreme(max, values, mixed),
+                   None, values)
+
+    @property
+    def sum_parts(self) -> tuple[float, ...]:
+        if self.exact is None:
+            if self.values is None:
+                raise ValueError("statistics made by `final` cannot be merged")
+            self.exact = _expansion(list(map(float, self.values)))
+            self.values = None
+        return self.exact
+
+    def compact(self) -> SignalStats:
+        """Drop the values for the expansion (before sending a partial to another process)."""
+        self.sum_parts  # noqa: B018 - computes and keeps the expansion
+        return self
 
     def merge(self, other: SignalStats) -> SignalStats:
         return SignalStats(
             self.count + other.count,
-            min(self.min, other.min, key=_tie),
-            max(self.max, other.max, key=_tie),
+            # `_tie` (a Python call) only where the spelling of equal numbers must be settled
+            min(self.min, other.min) if self.min != other.min
+            else min(self.min, other.min, key=_tie),
+            max(self.max, other.max) if self.max != other.max
+            else max(self.max, other.max, key=_tie),
             _expansion([*self.sum_parts, *other.sum_parts]),
         )
 
     @property
     def mean(self) -> float:
+        if self.total is not None:
+            return self.total / self.count
+        if (
+            self.values is not None
+            and self.min > -_SAFE
+            and self.max < _SAFE
+            and self.count < _SAFE_COUNT
+        ):
+            return math.fsum(self.values) / self.count
         try:
             return math.fsum(self.sum_parts) / self.count
         except OverflowError:  # the sum is beyond the float range; the mean never is
@@ -338,34 +383,47 @@ def _lean_line_type(names: tuple[str, ...]) -> type:
 
 
 def aggregate_lean(
-    hour: datetime, records: list[Any], names: Sequence[str]
+    hour: datetime,
+    records: list[Any],
+    names: Sequence[str],
+    skip: Collection[str] = (),
+    *,
+    mergeable: bool = False,
 ) -> HourAggregate | None:
     """`aggregate(hour, dedupe(...))` over lean records from `RawDecoder` (whose `names` are
-    the signal Struct's fields, in order). None when duplicates differ in a way only the slow
-    path can settle (two copies of a reading_id received at the same instant with different
-    content): the caller then takes the Record path."""
-    kept = _dedupe_lean(records)
+    the signal Struct's fields, in order), leaving out the reading ids in `skip`; `mergeable`
+    for a partial that will be merged (else its statistics are `SignalStats.final`). None when
+    duplicates differ in a way only the slow path can settle (two copies of a reading_id
+    received at the same instant with different content): the caller then takes the Record
+    path."""
     out = HourAggregate(hour)
-    if kept is None:
+    keep = _kept_positions(records, skip)
+    if keep is None:
         return None
-    if not kept:
+    if not keep:
         return out
     # A Python step per vehicle and signal, none per value: each column is read once in
     # decode order (the order the objects lie in memory; reading them in vehicle order costs
     # a cache miss per value, three times slower), unboxed into an array where it is all
-    # floats or all ints, then put in vehicle order with one permutation, so that each
-    # vehicle's values are a slice for the C builtins (min, max, fsum).
-    vids = list(map(_by_vehicle, kept))
+    # floats or all ints, then put in vehicle order with one permutation of the kept
+    # positions (which also drops the duplicates), so that each vehicle's values are a slice
+    # for the C builtins (min, max, fsum).
+    vids = list(map(_by_vehicle, records))
     vehicles = sorted(set(vids))
     code = {v: i for i, v in enumerate(vehicles)}
     codes = list(map(code.__getitem__, vids))
-    sizes = Counter(codes)
-    ends = list(accumulate(sizes[i] for i in range(len(vehicles))))
-    bounds = list(zip(vehicles, [0, *ends[:-1]], ends, strict=True))
-    gather = _gatherer(sorted(range(len(codes)), key=codes.__getitem__))
-    ts = gather(list(map(_by_ts, kept)))
-    sigs = list(map(_by_signals, kept))
-    stats: dict[str, dict[str, SignalStats]] = {v: {} for v in vehicles}
+    gather = _gatherer(sorted(keep, key=codes.__getitem__))  # ints: the sort's fast path
+    grouped = gather(codes)
+    bounds: list[tuple[str, int, int]] = []
+    a = 0
+    for i, vid in enumerate(vehicles):
+        b = bisect_right(grouped, i, a)
+        if b > a:  # a vehicle seen only in a dropped copy has no line
+            bounds.append((vid, a, b))
+        a = b
+    ts = gather(list(map(_by_ts, records)))
+    sigs = list(map(_by_signals, records))
+    stats: dict[str, dict[str, SignalStats]] = {v: {} for v, _, _ in bounds}
     for i, name in enumerate(names):
         col = list(map(attrgetter(f"s{i}"), sigs))
         kinds = set(map(type, col))
@@ -374,7 +432,6 @@ def aggregate_lean(
             continue
         clean = kinds == numeric  # no bool, str or absent value to skip
         mixed = len(numeric) > 1
-        floats = numeric == {float}
         column = gather(_unboxed(col, kinds))
         for vid, a, b in bounds:
             vals = column[a:b]
@@ -383,16 +440,30 @@ def aggregate_lean(
                 if not vals:
                     continue
             m = mixed and len(set(map(type, vals))) > 1
-            stats[vid][name] = SignalStats(
-                len(vals),
-                _extreme(min, vals, m),
-                _extreme(max, vals, m),
-                _expansion(list(vals) if floats else list(map(float, vals))),
+            lo, hi = _extreme(min, vals, m), _extreme(max, vals, m)
+            stats[vid][name] = (
+                SignalStats(len(vals), lo, hi, None, vals).compact()
+                if mergeable
+                else SignalStats.final(len(vals), lo, hi, vals)
             )
     for vid, a, b in bounds:
         span = ts[a:b]
         out.vehicles[vid] = VehicleHour(b - a, min(span), max(span), stats[vid])
     return out
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: an hour's lists of a quarter million objects are
+    traversed by every full collection, which cost a third of the aggregation's time. Nothing
+    built here forms cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _gatherer(perm: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
@@ -423,31 +494,50 @@ _by_received = attrgetter("received_at")
 _by_signals = attrgetter("signals")
 
 
-def _dedupe_lean(records: list[Any]) -> list[Any] | None:
-    """One record per reading_id, the one received first, as `dedupe`; None when that needs
-    the encodings to break a tie."""
+def _kept_positions(records: list[Any], skip: Collection[str]) -> Sequence[int] | None:
+    """The position of one record per reading_id not in `skip`: the one received first, as
+    `dedupe`; None when that needs the encodings to break a tie."""
     ids = list(map(_by_id, records))
-    last = dict(zip(ids, range(len(ids)), strict=True))
-    if len(last) == len(records):
-        return records
-    # Positions that are not their id's last copy, found without a Python step per record.
-    earlier = list(compress(range(len(ids)), map(ne, map(last.__getitem__, ids), count())))
-    copies: dict[str, list[Any]] = {}
-    for i in earlier:
-        copies.setdefault(ids[i], []).append(records[i])
-    drop = set(earlier)
-    winners: list[Any] = []
-    for rid, rs in copies.items():
-        rs.append(records[last[rid]])
-        drop.add(last[rid])
-        first = min(map(_by_received, rs))
-        earliest = [r for r in rs if r.received_at == first]
-        if len({_lean_encoder.encode(r) for r in earliest}) > 1:
+    dropped = _duplicated(ids)
+    dropped.update(skip)
+    if not dropped:
+        return range(len(ids))
+    # The copies of duplicated (or skipped) ids, found with a set lookup per record in a
+    # small set; then a Python step per copy only.
+    copies: dict[str, list[int]] = {}
+    for i in compress(count(), map(dropped.__contains__, ids)):
+        copies.setdefault(ids[i], []).append(i)
+    losers: set[int] = set()
+    for rid, positions in copies.items():
+        if rid in skip:
+            losers.update(positions)
+            continue
+        first = min(records[i].received_at for i in positions)
+        earliest = [i for i in positions if records[i].received_at == first]
+        if len({_lean_encoder.encode(records[i]) for i in earliest}) > 1:
             return None
-        winners.append(earliest[0])
-    out = [r for i, r in enumerate(records) if i not in drop]
-    out.extend(winners)
-    return out
+        losers.update(positions)
+        losers.discard(earliest[0])
+    return list(filterfalse(losers.__contains__, range(len(ids))))
+
+
+_CHUNK = 4096
+
+
+def _duplicated(ids: list[str]) -> set[str]:
+    """The ids that occur more than once. Chunk by chunk, so that most set work happens in a
+    set small enough for the cache: one dict of all ids with their positions costs twice as
+    much."""
+    seen: set[str] = set()
+    dup: set[str] = set()
+    for a in range(0, len(ids), _CHUNK):
+        chunk = ids[a : a + _CHUNK]
+        mine = set(chunk)
+        if len(mine) < len(chunk):
+            dup.update(k for k, n in Counter(chunk).items() if n > 1)
+        dup |= seen & mine
+        seen |= mine
+    return dup
 
 
 _lean_encoder = msgspec.json.Encoder()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import compress
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -18,6 +20,7 @@ from telemetry.domain.aggregation import (
     aggregate,
     aggregate_lean,
     dedupe,
+    gc_paused,
 )
 from telemetry.domain.batching import Batch, Batcher, BatchPolicy
 from telemetry.domain.errors import (
@@ -367,6 +370,12 @@ def _decode_raw(decoder: RawDecoder, key: str, data: bytes) -> list[Any]:
         raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
 
 
+Todo = Sequence[tuple[datetime, list[str]]]
+"""Hours to aggregate, each with its raw file keys."""
+HourRunner = Callable[[Todo], Iterable[AggregateResult]]
+"""Aggregates and writes the hours of a todo, yielding each result as it is done (any order)."""
+
+
 class AggregateHours:
     """Rewrite an hour's aggregate from all of its raw files; find the hours that changed."""
 
@@ -376,11 +385,8 @@ class AggregateHours:
     def read_hour(self, keys: Sequence[str]) -> list[Record]:
         records: list[Record] = []
         for key in keys:
-            data = self.storage.get(key)
-            if key.endswith(".gz"):
-                data = gzip.decompress(data)
             try:
-                records.extend(_records_decoder.decode_lines(data))
+                records.extend(_records_decoder.decode_lines(_raw_bytes(self.storage, key)))
             except msgspec.DecodeError as exc:
                 raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
         return records
@@ -388,30 +394,37 @@ class AggregateHours:
     def _aggregate(self, hour: datetime, keys: Sequence[str]) -> tuple[int, HourAggregate]:
         """The hour's aggregate and its raw line count: on lean records (see `RawDecoder`),
         or on Records where lean copies of a reading cannot settle which one counts."""
-        decoder = RawDecoder()
-        blobs: list[tuple[str, bytes]] = []
-        lean: list[Any] = []
-        for key in keys:
-            data = self.storage.get(key)
-            if key.endswith(".gz"):
-                data = gzip.decompress(data)
-            blobs.append((key, data))
-            lean.extend(_decode_raw(decoder, key, data))
-        if decoder.generation > 1:  # a later file brought new signal names: one Struct for all
-            lean = [r for key, data in blobs for r in _decode_raw(decoder, key, data)]
-        agg = aggregate_lean(hour, lean, decoder.names)
+        part = HourPart(self.storage, keys)
+        with gc_paused():
+            agg = part.aggregate(hour)
         if agg is None:
             raw = self.read_hour(keys)
             return len(raw), aggregate(hour, dedupe(raw))
-        return len(lean), agg
+        return part.raw, agg
 
     def hour(self, hour: datetime, keys: Sequence[str] | None = None) -> AggregateResult:
         if keys is None:
-            keys = [k for k in self.storage.list(lake.raw_prefix(hour)) if lake.is_raw_file(k)]
+            keys = self.hour_keys(hour)
         raw, agg = self._aggregate(hour, keys)
+        return self.write(hour, len(keys), raw, agg)
+
+    def hour_keys(self, hour: datetime) -> list[str]:
+        return [k for k in self.storage.list(lake.raw_prefix(hour)) if lake.is_raw_file(k)]
+
+    def write(self, hour: datetime, files: int, raw: int, agg: HourAggregate) -> AggregateResult:
         key = lake.aggregate_key(hour)
         self.storage.put(key, agg.encode())
-        return AggregateResult(hour, key, len(keys), raw, agg.readings, len(agg.vehicles))
+        return AggregateResult(hour, key, files, raw, agg.readings, len(agg.vehicles))
+
+    def hour_from_parts(
+        self, hour: datetime, keys: Sequence[str], results: Sequence[PartResult | None]
+    ) -> AggregateResult:
+        """Write the hour from the results of `HourPart`s over a split of `keys` (see
+        `combine_parts`); the whole hour again, here, when they cannot settle it."""
+        combined = combine_parts(hour, results)
+        if combined is None:
+            return self.hour(hour, keys)
+        return self.write(hour, len(keys), *combined)
 
     def raw_hours(self) -> dict[str, list[str]]:
         hours: dict[str, list[str]] = {}
@@ -421,18 +434,122 @@ class AggregateHours:
                 hours.setdefault(lake.format_hour(h), []).append(key)
         return hours
 
-    def changed(self) -> list[AggregateResult]:
-        """Aggregate every hour whose raw files differ from the last run's (all, the first time)."""
+    def changed(self, run: HourRunner | None = None) -> list[AggregateResult]:
+        """Aggregate every hour whose raw files differ from the last run's (all, the first
+        time), one after the other here, or by `run` (which may use other processes)."""
         try:
             state = _state_decoder.decode(self.storage.get(lake.AGGREGATE_STATE))
         except NotFound:
             state = _State()
+        todo = [
+            (lake.parse_hour(hour_text), keys)
+            for hour_text, keys in sorted(self.raw_hours().items())
+            if sorted(state.hours.get(hour_text, [])) != sorted(keys)
+        ]
+        keys_of = {lake.format_hour(h): keys for h, keys in todo}
         results: list[AggregateResult] = []
-        for hour_text, keys in sorted(self.raw_hours().items()):
-            if sorted(state.hours.get(hour_text, [])) == sorted(keys):
-                continue
-            results.append(self.hour(lake.parse_hour(hour_text), keys))
-            state.hours[hour_text] = sorted(keys)
+        for r in (run or self._run_here)(todo):
+            hour_text = lake.format_hour(r.hour)
+            state.hours[hour_text] = sorted(keys_of[hour_text])
+            results.append(r)
             # Saved after every hour: a crash costs at most one hour's work again.
             self.storage.put(lake.AGGREGATE_STATE, _state_encoder.encode(state))
-        return results
+        return sorted(results, key=lambda r: r.hour)
+
+    def _run_here(self, todo: Todo) -> Iterator[AggregateResult]:
+        return (self.hour(h, keys) for h, keys in todo)
+
+
+def _raw_bytes(storage: Storage, key: str) -> bytes:
+    data = storage.get(key)
+    return gzip.decompress(data) if key.endswith(".gz") else data
+
+
+class HourPart:
+    """Some of an hour's raw files, decoded into lean records (all of them, for one pass).
+
+    An hour split into parts is aggregated a part at a time (in parallel, by the caller):
+    `ids()` of every part go to `shared_ids`, and `finish` leaves those out of the part's
+    partial, handing over their copies instead, so `combine_parts` settles each such reading
+    once, by the same rule as one pass. Partials merge exactly (see `aggregation`), so the
+    result is the one-pass aggregate whatever the split.
+    """
+
+    def __init__(self, storage: Storage, keys: Sequence[str]) -> None:
+        with gc_paused():
+            self._decode(storage, keys)
+
+    def _decode(self, storage: Storage, keys: Sequence[str]) -> None:
+        decoder = RawDecoder()
+        blobs: list[tuple[str, bytes]] = []
+        lean: list[Any] = []
+        for key in keys:
+            data = _raw_bytes(storage, key)
+            blobs.append((key, data))
+            lean.extend(_decode_raw(decoder, key, data))
+        if decoder.generation > 1:  # a later file brought new signal names: one Struct for all
+            lean = [r for key, data in blobs for r in _decode_raw(decoder, key, data)]
+        self.records = lean
+        self.names = decoder.names
+        self.raw = len(lean)
+
+    def aggregate(
+        self, hour: datetime, skip: Collection[str] = (), *, mergeable: bool = False
+    ) -> HourAggregate | None:
+        return aggregate_lean(hour, self.records, self.names, skip, mergeable=mergeable)
+
+    def ids(self) -> list[str]:
+        return list(map(_by_reading_id, self.records))
+
+    def finish(self, hour: datetime, shared: Collection[str]) -> PartResult | None:
+        """The partial without the `shared` ids, ready to send; None when this part alone
+        cannot settle one of its own readings (the caller then aggregates the whole hour)."""
+        with gc_paused():
+            agg = self.aggregate(hour, shared, mergeable=True)
+            if agg is None:
+                return None
+            mine = compress(self.records, map(shared.__contains__, self.ids()))
+            copies = b"".join(_lean_encoder.encode(r) + b"\n" for r in mine)
+        return PartResult(self.raw, agg, copies)
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    raw: int
+    aggregate: HourAggregate
+    copies: bytes  # lean lines of the shared reading ids found in this part
+
+
+_by_reading_id = attrgetter("reading_id")
+_lean_encoder = msgspec.json.Encoder()
+
+
+def shared_ids(parts: Iterable[Iterable[str]]) -> set[str]:
+    """The reading ids found in more than one part."""
+    seen: set[str] = set()
+    shared: set[str] = set()
+    for ids in parts:
+        mine = set(ids)
+        shared |= seen & mine
+        seen |= mine
+    return shared
+
+
+def combine_parts(
+    hour: datetime, results: Sequence[PartResult | None]
+) -> tuple[int, HourAggregate] | None:
+    """Raw line count and aggregate of the hour from its parts' results; None when they
+    cannot settle it (a part could not, or copies of a shared reading tie)."""
+    done = [r for r in results if r is not None]
+    if len(done) < len(results):
+        return None
+    with gc_paused():
+        decoder = RawDecoder()
+        copies = b"".join(r.copies for r in done)
+        merged = aggregate_lean(hour, decoder.decode(copies) if copies else [], decoder.names,
+                                mergeable=True)
+        if merged is None:
+            return None
+        for r in done:
+            merged = merged.merge(r.aggregate)
+    return sum(r.raw for r in done), merged

@@ -104,8 +104,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
+    from telemetry.domain.services import AggregateHours
+    from telemetry.entrypoints import aggregate_jobs
+
+    jobs = aggregate_jobs.default_jobs() if args.jobs is None else args.jobs
     s = _settings()
     service = create_container(s).aggregate_hours()
+
+    def make_service() -> AggregateHours:  # in each process: its own storage client
+        return create_container(s).aggregate_hours()
+
+    if jobs < 1:
+        print("telemetry aggregate: --jobs must be at least 1", file=sys.stderr)
+        return 2
     if args.hour:
         try:
             hour = parse_hour(args.hour)
@@ -113,9 +124,10 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             print(f"telemetry aggregate: --hour {args.hour!r}: expected 2026-11-29T01",
                   file=sys.stderr)
             return 2
-        results = [service.hour(hour)]
+        results = list(aggregate_jobs.run(make_service, [(hour, service.hour_keys(hour))],
+                                          jobs))
     else:
-        results = service.changed()
+        results = service.changed(aggregate_jobs.runner(make_service, jobs))
     for r in results:
         event(log, "hour_aggregated", hour=format_hour(r.hour), key=r.key, files=r.files,
               raw_records=r.raw_records, readings=r.readings, vehicles=r.vehicles)
@@ -223,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Aggregate the hours whose raw files changed since the "
                         "last run (every hour the first time), or one --hour.")
     ap.add_argument("--hour", help="one UTC hour, e.g. 2026-11-29T01")
+    ap.add_argument("--jobs", type=int,
+                    help="processes: hours in parallel, or one hour's files split over them "
+                    "(default: the usable CPUs)")
     ap.set_defaults(func=cmd_aggregate)
 
     simulate.add_parser(sub)

@@ -1,0 +1,161 @@
+"""`telemetry aggregate --jobs N`: hours aggregated in parallel processes.
+
+Aggregation is CPU-bound Python, so threads would not help. With at least as many hours as
+jobs, each process takes whole hours. With fewer, an hour's files are split over the processes
+and the partial results merged (`HourPart`, `combine_parts`), so a single-hour lake uses every
+core too. Either way the result is byte for byte the one of a single process.
+
+Processes are forked: each makes its own service (storage client) with `make_service`, which is
+inherited, not pickled.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import suppress
+from datetime import datetime
+from multiprocessing.connection import Connection
+from typing import Any
+
+from telemetry.domain.services import (
+    AggregateHours,
+    AggregateResult,
+    HourPart,
+    PartResult,
+    Todo,
+    shared_ids,
+)
+
+MakeService = Callable[[], AggregateHours]
+
+
+def default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def runner(make_service: MakeService, jobs: int) -> Callable[[Todo], Iterator[AggregateResult]]:
+    """An `HourRunner` over `jobs` processes."""
+    return lambda todo: run(make_service, todo, jobs)
+
+
+def run(make_service: MakeService, todo: Todo, jobs: int) -> Iterator[AggregateResult]:
+    """Aggregate and write every hour of `todo`, yielding each result as it is done."""
+    if jobs <= 1 or not todo:
+        service = make_service()
+        for hour, keys in todo:
+            yield service.hour(hour, keys)
+    elif len(todo) >= jobs:
+        yield from _by_hour(make_service, todo, jobs)
+    else:
+        service = make_service()
+        for hour, keys in todo:
+            yield split_hour(service, make_service, hour, keys, jobs)
+
+
+# ---------------------------------------------------------------- one process per hour
+
+_service: list[AggregateHours] = []  # this pool process's service, made once
+
+
+def _init(make_service: MakeService) -> None:
+    _service.append(make_service())
+
+
+def _hour(hour: datetime, keys: list[str]) -> AggregateResult:
+    return _service[0].hour(hour, keys)
+
+
+def _by_hour(make_service: MakeService, todo: Todo, jobs: int) -> Iterator[AggregateResult]:
+    # Largest hours first, so that the last one to finish is a small one.
+    order = sorted(todo, key=lambda t: -len(t[1]))
+    ctx = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init,
+                             initargs=(make_service,)) as pool:
+        futures = [pool.submit(_hour, hour, keys) for hour, keys in order]
+        for f in as_completed(futures):
+            yield f.result()
+
+
+# ---------------------------------------------------------------- one hour over processes
+
+
+def _split(keys: Sequence[str], parts: int) -> list[list[str]]:
+    """Round robin: the lake's files of an hour are of similar size."""
+    return [list(keys[i::parts]) for i in range(parts) if keys[i::parts]]
+
+
+def _part(
+    conn: Connection, inherited: list[Connection], make_service: MakeService, hour: datetime,
+    keys: list[str],
+) -> None:
+    for c in inherited:  # the parent's ends of the pipes: only the parent may hold them
+        c.close()
+    try:
+        part = HourPart(make_service().storage, keys)
+        conn.send(part.ids())
+        shared = conn.recv()
+        if shared is not None:  # None: another part failed, the parent takes the hour
+            conn.send(part.finish(hour, shared))
+    except BaseException as exc:  # the parent aggregates the hour itself and reports it
+        with suppress(OSError):  # the parent has gone on without this part
+            conn.send(exc)
+    finally:
+        conn.close()
+
+
+def split_hour(
+    service: AggregateHours, make_service: MakeService, hour: datetime, keys: list[str],
+    jobs: int,
+) -> AggregateResult:
+    """One hour, its files split over up to `jobs` processes."""
+    groups = _split(sorted(keys), jobs)
+    if len(groups) < 2:
+        return service.hour(hour, keys)
+    ctx = multiprocessing.get_context("fork")
+    procs: list[tuple[Any, Connection]] = []
+    results: list[Any] = []
+    try:
+        for group in groups:
+            mine, theirs = ctx.Pipe()
+            inherited = [c for _, c in procs] + [mine]
+            p = ctx.Process(target=_part, args=(theirs, inherited, make_service, hour, group),
+                            daemon=True)
+            p.start()
+            theirs.close()
+            procs.append((p, mine))
+        ids = [_received(conn) for _, conn in procs]
+        shared = None if _failed(ids) else shared_ids(ids)
+        del ids
+        for _, conn in procs:
+            with suppress(OSError):
+                conn.send(shared)
+        if shared is not None:
+            results = [_received(conn) for _, conn in procs]
+    finally:
+        for p, conn in procs:
+            conn.close()
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    if not results or _failed(results):  # the error, if any, raised here as in one process
+        return service.hour(hour, keys)
+    parts: list[PartResult | None] = results
+    return service.hour_from_parts(hour, keys, parts)
+
+
+def _failed(received: list[Any]) -> bool:
+    return any(isinstance(x, BaseException) for x in received)
+
+
+def _received(conn: Connection) -> Any:
+    try:
+        return conn.recv()
+    except EOFError as exc:  # the process died
+        return exc

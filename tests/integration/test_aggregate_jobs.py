@@ -1,0 +1,99 @@
+"""`telemetry aggregate --jobs N` in real processes: hours in parallel, or one hour's files
+split over processes, write exactly what one process writes."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from telemetry.adapters.filesystem import FilesystemStorage
+from telemetry.domain import lake
+from telemetry.domain.readings import Record, encode_record
+from telemetry.domain.services import AggregateHours
+from telemetry.entrypoints import aggregate_jobs, cli
+from tests.strategies import HOUR
+
+
+def _write_lake(root: Path, hours: int, files: int, seed: int = 3) -> FilesystemStorage:
+    """Readings spread over `files` files per hour, some copied into a second file, some
+    copies differing (received later, other values), some signals bools or ints."""
+    rng = random.Random(seed)
+    storage = FilesystemStorage(root)
+    for h in range(hours):
+        hour = HOUR + timedelta(hours=h)
+        parts: list[list[bytes]] = [[] for _ in range(files)]
+        for i in range(300):
+            ts = hour + timedelta(microseconds=rng.randrange(3_600_000_000))
+            r = Record(f"{h}-{i}", f"v{i % 7}", ts, ts + timedelta(seconds=5),
+                       {"speed": rng.uniform(0, 99), "rpm": rng.randrange(900, 3000),
+                        "moving": rng.random() < 0.5})
+            f = rng.randrange(files)
+            parts[f].append(encode_record(r))
+            if rng.random() < 0.1:
+                parts[(f + 1) % files].append(encode_record(r))
+            if rng.random() < 0.03:
+                late = Record(r.reading_id, r.vehicle_id, r.ts,
+                              r.received_at + timedelta(seconds=1), {"speed": 1e6})
+                parts[rng.randrange(files)].append(encode_record(late))
+        for f, lines in enumerate(parts):
+            rng.shuffle(lines)
+            storage.put(lake.raw_key(hour, f"part-{f}", False), b"\n".join(lines) + b"\n")
+    return storage
+
+
+def _serial(storage: FilesystemStorage, hours: int) -> dict[str, bytes]:
+    service = AggregateHours(storage)
+    out = {}
+    for h in range(hours):
+        hour = HOUR + timedelta(hours=h)
+        service.hour(hour)
+        out[lake.aggregate_key(hour)] = storage.get(lake.aggregate_key(hour))
+        (storage.root / lake.aggregate_key(hour)).unlink()
+    return out
+
+
+@pytest.mark.parametrize(("hours", "files", "jobs"), [(3, 4, 2), (1, 4, 2), (1, 5, 3), (2, 3, 3)])
+def test_parallel_runs_write_what_one_process_writes(
+    tmp_path: Path, hours: int, files: int, jobs: int
+) -> None:
+    storage = _write_lake(tmp_path, hours, files)
+    expected = _serial(storage, hours)
+    service = AggregateHours(storage)
+    results = service.changed(aggregate_jobs.runner(lambda: AggregateHours(storage), jobs))
+    assert [r.hour for r in results] == [HOUR + timedelta(hours=h) for h in range(hours)]
+    for key, data in expected.items():
+        assert storage.get(key) == data
+    assert service.changed(aggregate_jobs.runner(lambda: AggregateHours(storage), jobs)) == []
+
+
+def test_file_order_does_not_change_the_split(tmp_path: Path) -> None:
+    storage = _write_lake(tmp_path, 1, 5)
+    expected = _serial(storage, 1)[lake.aggregate_key(HOUR)]
+    service = AggregateHours(storage)
+    keys = service.hour_keys(HOUR)
+    for order in (keys, keys[::-1], keys[2:] + keys[:2]):
+        aggregate_jobs.split_hour(service, lambda: AggregateHours(storage), HOUR, order, 2)
+        assert storage.get(lake.aggregate_key(HOUR)) == expected
+
+
+def test_a_bad_file_fails_the_hour_as_in_one_process(tmp_path: Path) -> None:
+    storage = _write_lake(tmp_path, 1, 3)
+    storage.put(lake.raw_key(HOUR, "bad", False), b'{"reading_id": 1}\n')
+    service = AggregateHours(storage)
+    with pytest.raises(ValueError, match="not a raw lake file"):
+        aggregate_jobs.split_hour(service, lambda: AggregateHours(storage), HOUR,
+                                  service.hour_keys(HOUR), 2)
+
+
+def test_the_command_runs_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEMETRY_DATA_DIR", str(tmp_path))
+    storage = _write_lake(tmp_path / "lake", 2, 3)
+    expected = _serial(storage, 2)
+    assert cli.main(["aggregate", "--jobs", "2"]) == 0
+    assert cli.main(["aggregate", "--jobs", "2", "--hour", "2026-11-29T01"]) == 0
+    for key, data in expected.items():
+        assert storage.get(key) == data
+    assert cli.main(["aggregate", "--jobs", "0"]) == 2
