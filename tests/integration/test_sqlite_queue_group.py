@@ -14,14 +14,7 @@ import pytest
 
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.errors import QueueUnavailable
-
-
-def drain_all(q: SqliteQueue) -> list[bytes]:
-    out: list[bytes] = []
-    while got := q.receive(500):
-        out.extend(m.body for m in got)
-        q.delete([m.receipt for m in got])
-    return out
+from tests.integration.test_sqlite_queue import drain_all
 
 
 class CountingConnection:
