@@ -162,3 +162,18 @@ def test_aggregate_counts_duplicates_once_and_tracks_changed_hours(queue, storag
     drainer(queue, storage, clock).drain()
     again = agg.changed()
     assert [r.readings for r in again] == [4]
+
+
+def test_a_reading_too_big_for_one_queue_message_is_a_422_naming_it(clock) -> None:
+    queue = MemoryQueue(time_source=clock.time, max_message_bytes=4096)
+    accept = AcceptReadings(queue, clock, ReadingRules())
+    big = Reading("b", T0, {f"Cabin.Note{i}": "x" * 200 for i in range(30)})
+    with pytest.raises(InvalidReadings) as exc:
+        accept.execute([reading("a", 0), big, reading("c", 1)], None)
+    [problem] = exc.value.problems
+    assert (problem.index, problem.field) == (1, "signals")
+    assert "queue message holds at most 4096" in problem.message
+    assert queue.messages == {}
+    # Small readings are still split over as many messages as they need.
+    many = [reading(f"v{i}", i / 100) for i in range(200)]
+    assert accept.execute(many, None).messages > 1

@@ -65,6 +65,11 @@ def pack(
     return pack_hours(by_hour, received_at_ms, max_bytes)
 
 
+def fits_alone(line_bytes: int, max_bytes: int) -> bool:
+    """Whether a record line of `line_bytes` (newline included) fits a message on its own."""
+    return _HEADER_OVERHEAD + line_bytes + _PER_TS <= max_bytes
+
+
 def pack_hours(
     by_hour: dict[int, tuple[list[bytes], list[int]]], received_at_ms: int, max_bytes: int
 ) -> list[bytes]:
@@ -80,7 +85,7 @@ def pack_hours(
         size = _HEADER_OVERHEAD
         for line, t in zip(lines, ts, strict=True):
             need = len(line) + _PER_TS
-            if need + _HEADER_OVERHEAD > max_bytes:
+            if not fits_alone(len(line), max_bytes):
                 raise ValueError(f"one record of {len(line)} bytes exceeds {max_bytes} bytes")
             if part and size + need > max_bytes:
                 out.append(_envelope(hour, received_at_ms, part_ts, part))

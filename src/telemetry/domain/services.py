@@ -28,12 +28,13 @@ from telemetry.domain.errors import (
     InvalidReadings,
     NotFound,
     PoisonMessage,
+    Problem,
     QueueUnavailable,
     StorageUnavailable,
 )
 from telemetry.domain.keys import Principal
 from telemetry.domain.latency import LatencyDistribution
-from telemetry.domain.packing import Part, pack_joined, unpack
+from telemetry.domain.packing import Part, fits_alone, pack_joined, unpack
 from telemetry.domain.ports import Clock, Queue, Storage
 from telemetry.domain.readings import (
     Reading,
@@ -99,7 +100,25 @@ class AcceptReadings:
             group[0].append(Record(rid, r.vehicle_id, ts, now, r.signals))
             group[1].append(t_ms)
         joined = {h: (encode_records(recs), ts) for h, (recs, ts) in by_hour.items()}
-        return ids, pack_joined(joined, epoch_ms(now), self.queue.max_message_bytes)
+        try:
+            return ids, pack_joined(joined, epoch_ms(now), self.queue.max_message_bytes)
+        except ValueError:
+            # One reading alone fills more than a queue message (a raised max signals with
+            # long string values on SQS's 256 KiB): the client's to fix, so 422, not 500.
+            raise InvalidReadings(self._oversized(readings, ids, now)) from None
+
+    def _oversized(
+        self, readings: Sequence[Reading], ids: list[str], now: datetime
+    ) -> list[Problem]:
+        limit = self.queue.max_message_bytes
+        problems: list[Problem] = []
+        for i, (r, rid) in enumerate(zip(readings, ids, strict=True)):
+            ts = r.ts.astimezone(UTC)
+            size = len(encode_records([Record(rid, r.vehicle_id, ts, now, r.signals)]))
+            if not fits_alone(size, limit):
+                problems.append(Problem(i, "signals", f"the reading takes {size} bytes "
+                                        f"encoded; a queue message holds at most {limit}"))
+        return problems
 
     def execute(self, readings: Sequence[Reading], principal: Principal | None) -> Accepted:
         ids, bodies = self.prepare(readings, principal)
