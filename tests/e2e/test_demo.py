@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from telemetry.entrypoints.cli import main
+from tests.shared_data import shared_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -42,8 +43,8 @@ def test_demo_with_the_simulated_fleet_passes(tmp_path: Path) -> None:
 
 def test_demo_replaying_the_truck_log_passes(tmp_path: Path) -> None:
     pytest.importorskip("can", reason="the CAN extras are not installed")
-    shared = Path(os.environ.get("TELEMETRY_SHARED_DATA", REPO.parent / "shared" / "data"))
-    if not (shared / "can" / "css-truck-j1939.candump.log.gz").is_file():
+    shared = shared_data("can/css-truck-j1939.candump.log.gz")
+    if shared is None:
         pytest.skip("shared real-vehicle data not found: set TELEMETRY_SHARED_DATA")
     out = _demo(tmp_path, "--replay", "truck", "--shared-data", str(shared))
     assert out.returncode == 0, out.stdout + out.stderr

@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tests.shared_data import shared_data
+
 pytest.importorskip("can", reason="the CAN extras (python-can, cantools) are not installed")
 pytest.importorskip("cantools", reason="the CAN extras (python-can, cantools) are not installed")
 
@@ -43,15 +45,7 @@ from tests.e2e.conftest import Pipeline
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _shared_data() -> Path | None:
-    env = os.environ.get("TELEMETRY_SHARED_DATA")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (candidate / "can").is_dir():
-            return candidate
-    return None
-
-
-DATA = _shared_data()
+DATA = shared_data("can")
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,

@@ -11,7 +11,6 @@ import csv
 import gzip
 import io
 import itertools
-import os
 import statistics
 import time
 from collections import Counter
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.shared_data import shared_data
 
 pytest.importorskip("can", reason="the CAN extras (python-can, cantools) are not installed")
 pytest.importorskip("cantools", reason="the CAN extras (python-can, cantools) are not installed")
@@ -46,15 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 MAPS = REPO / "maps"
 
 
-def _shared_data() -> Path | None:
-    env = os.environ.get("TELEMETRY_SHARED_DATA")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (candidate / "can").is_dir():
-            return candidate
-    return None
-
-
-DATA = _shared_data()
+DATA = shared_data("can")
 pytestmark = pytest.mark.skipif(
     DATA is None,
     reason="shared real-vehicle data not found: set TELEMETRY_SHARED_DATA or put it at "

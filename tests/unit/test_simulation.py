@@ -7,7 +7,6 @@ import gzip
 import io
 import itertools
 import math
-import os
 import random
 import statistics
 import time
@@ -27,19 +26,16 @@ from telemetry.domain.readings import Reading, ReadingRules
 from telemetry.domain.simulation import Fleet, FleetConfig, Gearbox, Phase, SimVehicle
 from telemetry.entrypoints.cli import main
 from telemetry.entrypoints.simulate import simulate
+from tests.shared_data import shared_data
 
 START = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
-REPO = Path(__file__).resolve().parents[2]
 EPS = 1e-9
 COOLANT_MAX = 95.0  # thermostat temperature plus the most a full load adds
 
 
 def _vss_csv() -> Path | None:
-    env = os.environ.get("TELEMETRY_SHARED_DATA")
-    for base in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (base / "vss" / "vss.csv.gz").is_file():
-            return base / "vss" / "vss.csv.gz"
-    return None
+    base = shared_data("vss/vss.csv.gz")
+    return None if base is None else base / "vss" / "vss.csv.gz"
 
 
 def _vehicle(seed: int, *, electric: bool) -> SimVehicle:
