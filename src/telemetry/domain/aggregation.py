@@ -9,13 +9,11 @@ aggregating, so a reading never counts twice.
 
 from __future__ import annotations
 
-import gc
 import math
 from array import array
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import compress, count, filterfalse
@@ -450,20 +448,6 @@ def aggregate_lean(
         span = ts[a:b]
         out.vehicles[vid] = VehicleHour(b - a, min(span), max(span), stats[vid])
     return out
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside: an hour's lists of a quarter million objects are
-    traversed by every full collection, which cost a third of the aggregation's time. Nothing
-    built here forms cycles."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _gatherer(perm: list[int]) -> Callable[[Sequence[Any]], tuple[Any, ...]]:

@@ -20,7 +20,6 @@ from telemetry.domain.aggregation import (
     aggregate,
     aggregate_lean,
     dedupe,
-    gc_paused,
 )
 from telemetry.domain.batching import Batch, Batcher, BatchPolicy
 from telemetry.domain.errors import (
@@ -414,8 +413,7 @@ class AggregateHours:
         """The hour's aggregate and its raw line count: on lean records (see `RawDecoder`),
         or on Records where lean copies of a reading cannot settle which one counts."""
         part = HourPart(self.storage, keys)
-        with gc_paused():
-            agg = part.aggregate(hour)
+        agg = part.aggregate(hour)
         if agg is None:
             raw = self.read_hour(keys)
             return len(raw), aggregate(hour, dedupe(raw))
@@ -495,8 +493,7 @@ class HourPart:
     """
 
     def __init__(self, storage: Storage, keys: Sequence[str]) -> None:
-        with gc_paused():
-            self._decode(storage, keys)
+        self._decode(storage, keys)
 
     def _decode(self, storage: Storage, keys: Sequence[str]) -> None:
         decoder = RawDecoder()
@@ -523,12 +520,11 @@ class HourPart:
     def finish(self, hour: datetime, shared: Collection[str]) -> PartResult | None:
         """The partial without the `shared` ids, ready to send; None when this part alone
         cannot settle one of its own readings (the caller then aggregates the whole hour)."""
-        with gc_paused():
-            agg = self.aggregate(hour, shared, mergeable=True)
-            if agg is None:
-                return None
-            mine = compress(self.records, map(shared.__contains__, self.ids()))
-            copies = b"".join(_lean_encoder.encode(r) + b"\n" for r in mine)
+        agg = self.aggregate(hour, shared, mergeable=True)
+        if agg is None:
+            return None
+        mine = compress(self.records, map(shared.__contains__, self.ids()))
+        copies = b"".join(_lean_encoder.encode(r) + b"\n" for r in mine)
         return PartResult(self.raw, agg, copies)
 
 
@@ -562,13 +558,12 @@ def combine_parts(
     done = [r for r in results if r is not None]
     if len(done) < len(results):
         return None
-    with gc_paused():
-        decoder = RawDecoder()
-        copies = b"".join(r.copies for r in done)
-        merged = aggregate_lean(hour, decoder.decode(copies) if copies else [], decoder.names,
-                                mergeable=True)
-        if merged is None:
-            return None
-        for r in done:
-            merged = merged.merge(r.aggregate)
+    decoder = RawDecoder()
+    copies = b"".join(r.copies for r in done)
+    merged = aggregate_lean(hour, decoder.decode(copies) if copies else [], decoder.names,
+                            mergeable=True)
+    if merged is None:
+        return None
+    for r in done:
+        merged = merged.merge(r.aggregate)
     return sum(r.raw for r in done), merged

@@ -11,11 +11,12 @@ inherited, not pickled.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -46,6 +47,25 @@ def runner(make_service: MakeService, jobs: int) -> Callable[[Todo], Iterator[Ag
 
 def run(make_service: MakeService, todo: Todo, jobs: int) -> Iterator[AggregateResult]:
     """Aggregate and write every hour of `todo`, yielding each result as it is done."""
+    with _gc_paused():  # pool processes fork inside, and inherit it
+        yield from _run(make_service, todo, jobs)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while hours are aggregated: an hour's lists of a quarter
+    million objects were traversed by every full collection, a third of the aggregation's
+    time. The aggregation builds no cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _run(make_service: MakeService, todo: Todo, jobs: int) -> Iterator[AggregateResult]:
     if jobs <= 1 or not todo:
         service = make_service()
         for hour, keys in todo:
