@@ -23,10 +23,13 @@ def test_accept_drain_aggregate_on_sqs_and_s3(aws: AwsTarget) -> None:
     storage = aws.storage("lake", list_page_size=3)
     clock = SystemClock()
     now = clock.now().replace(microsecond=0)
-    signals = {"Vehicle.Speed": 1.5, "s": "\uffff"}  # U+FFFF: SQS needs the base64 path
+    # U+FFFF: SQS needs the base64 path. 200 of them make ~60 readings overflow 16 KB, so an
+    # hour's envelope must split by size whatever minute the test runs at.
+    signals = {"Vehicle.Speed": 1.5, "s": "\uffff" * 200}
     readings = [Reading(f"car-{i % 4}", now - timedelta(minutes=i), signals) for i in range(120)]
     accepted = AcceptReadings(queue, clock, ReadingRules()).execute(readings, None)
-    assert accepted.messages > 2
+    hours = {r.ts.astimezone(UTC).replace(minute=0, second=0) for r in readings}
+    assert accepted.messages > len(hours)
     drain = DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0.1))
     files = drain.drain()
     assert sum(f.readings for f in files) == 120
@@ -37,7 +40,7 @@ def test_accept_drain_aggregate_on_sqs_and_s3(aws: AwsTarget) -> None:
         for line in storage.get(k).decode().splitlines()
     ]
     assert sorted(r["reading_id"] for r in stored) == sorted(accepted.reading_ids)
-    assert {r["signals"]["s"] for r in stored} == {"\uffff"}
+    assert {r["signals"]["s"] for r in stored} == {"\uffff" * 200}
     results = AggregateHours(storage).changed()
     assert sum(r.readings for r in results) == 120
     assert {r.key for r in results} == {
