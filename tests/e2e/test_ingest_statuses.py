@@ -153,7 +153,8 @@ def batch(*readings: dict[str, Any]) -> bytes:
 def test_202_every_body_type_is_enqueued_with_its_ids(main) -> None:
     p, key = main
     before = enqueued(p)
-    readings = [reading(), reading("car-2", reading_id="car-2:1")]
+    ts = datetime.now(UTC).isoformat()  # one instant: two `now`s could straddle an hour
+    readings = [reading(ts=ts), reading("car-2", reading_id="car-2:1", ts=ts)]
     expected = [derive_reading_id("car-1", datetime.fromisoformat(readings[0]["ts"]),
                                   readings[0]["signals"]), "car-2:1"]
     bodies = [

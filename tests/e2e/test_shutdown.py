@@ -31,16 +31,24 @@ VT = 2.0
 
 
 def enqueue(data: Path, n_hours: int = 3, per_hour: int = 5) -> list[str]:
-    """What ingest does after a 202, straight into the queue file: one message per hour."""
+    """What ingest does after a 202, straight into the queue file: one message per hour.
+
+    Each hour's readings lie in the first half of an hour wholly in the past, so they never
+    straddle an hour boundary (`now - i s` did in the first seconds of an hour: two messages).
+    The offset into that hour follows the clock, so each call gives new readings and ids."""
+    assert per_hour <= 1800
     data.mkdir(parents=True, exist_ok=True)
     queue = SqliteQueue(data / "queue.sqlite3", visibility_timeout=VT)
     now = datetime.now(UTC)
+    top = now.replace(minute=0, second=0, microsecond=0)
     accept = AcceptReadings(queue, SystemClock(), ReadingRules())
     ids: list[str] = []
     try:
         for h in range(n_hours):
-            readings = [Reading(f"car-{i}", now - timedelta(hours=h, seconds=i), {"x": i})
-                        for i in range(per_hour)]
+            start = top - timedelta(hours=h + 1) + (now - top) / 2
+            readings = [
+                Reading(f"car-{i}", start + timedelta(seconds=i), {"x": i}) for i in range(per_hour)
+            ]
             ids += accept.execute(readings, None).reading_ids
     finally:
         queue.close()

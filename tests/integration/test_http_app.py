@@ -58,14 +58,16 @@ def client(container: Container) -> Iterator[TestClient[Any]]:
 
 
 def test_accepts_and_enqueues(client, container) -> None:
-    r = client.post(URL, json={"readings": [good(), good("car-2")]})
+    ts = datetime.now(UTC).isoformat()  # one instant: two `now`s could straddle an hour
+    r = client.post(URL, json={"readings": [good(ts=ts), good("car-2", ts=ts)]})
     assert r.status_code == 202, r.text
     assert r.json()["accepted"] == 2 and len(r.json()["reading_ids"]) == 2
     assert enqueued(container) == 1
 
 
 def test_the_three_formats_plain_and_gzipped_give_the_same_ids(client, container) -> None:
-    readings = [good(), good("car-2", reading_id="r-1"), good("car-3")]
+    ts = datetime.now(UTC).isoformat()  # one instant, one hour: one message per request
+    readings = [good(ts=ts), good("car-2", reading_id="r-1", ts=ts), good("car-3", ts=ts)]
     batch = {"readings": readings}
     expected = [
         r.get("reading_id")
