@@ -162,6 +162,31 @@ def test_a_failed_write_is_retried_without_waiting_for_redelivery(queue, storage
     assert queue.messages == {}
 
 
+def test_a_write_that_failed_but_landed_is_overwritten_not_stored_twice(queue, clock) -> None:
+    """An S3 put can time out after the object landed. The retry, seconds later, must land on
+    the same key: a second key would hold every reading of the batch a second time."""
+
+    class LandsThenFails(MemoryStorage):
+        failed = False
+
+        def put(self, key: str, data: bytes) -> None:
+            super().put(key, data)
+            if not self.failed:
+                self.failed = True
+                raise StorageUnavailable("s3 lake: read timeout")
+
+    storage = LandsThenFails()
+    ids = enqueue(queue, clock, 3)
+    drain = DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0))
+    with pytest.raises(StorageUnavailable):
+        drain.poll(0)
+    clock.advance(5)  # the retry comes in another second
+    assert [f.readings for f in drain.poll(0).files] == [3]
+    assert len(storage.list("raw/")) == 1
+    assert stored_ids(storage) == sorted(ids)
+    assert queue.messages == {}
+
+
 def test_files_stored_before_a_fault_are_still_reported(queue, storage, clock) -> None:
     enqueue(queue, clock, 1, hour=0)
     enqueue(queue, clock, 1, hour=1)

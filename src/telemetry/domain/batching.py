@@ -40,6 +40,7 @@ class Batch:
     readings: int = 0
     nbytes: int = 0
     extended_at: float | None = None  # when its messages' visibility was last extended
+    name: str | None = None  # the file's name, fixed at the first write attempt
 
     def add(self, part: Part) -> None:
         self.parts.append(part)

@@ -316,10 +316,12 @@ class DrainBatches:
         content = b"".join(p.payload for p in batch.parts)
         hour = datetime.fromtimestamp(batch.hour, UTC)
         data = gzip.compress(content, compresslevel=6, mtime=0) if self.compress else content
-        stored = self.clock.now()
-        # Named by content: a rewrite of the same batch lands on the same key.
-        name = f"{stored:%Y%m%dT%H%M%SZ}-{hashlib.blake2b(content, digest_size=10).hexdigest()}"
-        key = lake.raw_key(hour, name, self.compress)
+        # Named once, at the first attempt: a retry after a put that failed but may have landed
+        # (an S3 timeout) overwrites that file instead of storing the readings a second time.
+        if batch.name is None:
+            digest = hashlib.blake2b(content, digest_size=10).hexdigest()
+            batch.name = f"{self.clock.now():%Y%m%dT%H%M%SZ}-{digest}"
+        key = lake.raw_key(hour, batch.name, self.compress)
         self.storage.put(key, data)
         stored_ms = epoch_ms(self.clock.now())
         received = LatencyDistribution()
