@@ -86,3 +86,15 @@ def test_every_accepted_reading_is_stored_once_and_counted_once(pipeline: Pipeli
                if '"file_written"' in line]
     assert written and all({"key", "readings", "bytes", "received_to_stored", "ts_to_stored"}
                            <= set(w) for w in written)
+    # Requests of one or two vehicles carried partial aggregates; the worker wrote them at
+    # shutdown, and aggregation merged them. Without them, every line decoded: the same bytes.
+    assert '"partials_written"' in pipeline.log("worker")
+    partials = sorted((lake / "partials").rglob("*.jsonl"))
+    assert partials
+    merged = {f: f.read_bytes() for f in (lake / "aggregates" / "hourly").rglob("vehicles.jsonl")}
+    for f in partials:
+        f.unlink()
+    (lake / "aggregates" / "_state" / "hourly.json").unlink()
+    again = pipeline.cli("aggregate")
+    assert again.returncode == 0, again.stderr
+    assert {f: f.read_bytes() for f in merged} == merged

@@ -187,8 +187,36 @@ def test_header_is_the_documented_json() -> None:
 def test_packing_joined_lines_gives_what_pack_gives(case: tuple[list[Item], int]) -> None:
     """Ingest encodes an hour's lines in one piece; the envelopes are the same, split too."""
     items, max_bytes = case
-    joined: dict[int, tuple[bytes, list[int]]] = {}
+    joined: dict[int, tuple[bytes, list[int], bytes | None]] = {}
     for hour, line, ts_ms in items:
-        payload, ts = joined.get(hour, (b"", []))
-        joined[hour] = (payload + line, [*ts, ts_ms])
+        payload, ts, _ = joined.get(hour, (b"", [], None))
+        joined[hour] = (payload + line, [*ts, ts_ms], None)
     assert pack_joined(joined, RECEIVED_MS, max_bytes) == pack(items, RECEIVED_MS, max_bytes)
+
+
+@settings(max_examples=100, deadline=None)
+@given(packing_input(), st.binary(max_size=200))
+def test_a_partial_travels_with_the_whole_hour_only(
+    case: tuple[list[Item], int], blob: bytes
+) -> None:
+    """The partial line is the statistics of exactly the envelope's lines: it goes where the
+    envelope holds the hour's every line, and nowhere else; the lines are untouched."""
+    items, max_bytes = case
+    partial = b'{"p":"' + blob.replace(b"\n", b"n") + b'"}\n'
+    joined: dict[int, tuple[bytes, list[int], bytes | None]] = {}
+    for hour, line, ts_ms in items:
+        payload, ts, _ = joined.get(hour, (b"", [], None))
+        joined[hour] = (payload + line, [*ts, ts_ms], partial)
+    bodies = pack_joined(joined, RECEIVED_MS, max_bytes)
+    parts = [unpack(b, "r") for b in bodies]
+    assert all(len(b) <= max_bytes for b in bodies)
+    plain = [unpack(b, "r") for b in pack(items, RECEIVED_MS, max_bytes)]
+    assert b"".join(p.payload for p in parts) == b"".join(p.payload for p in plain)
+    per_hour = Counter(p.hour for p in parts)
+    for p in parts:
+        if p.partial:
+            assert p.partial == partial
+            assert per_hour[p.hour] == 1 and p.payload == joined[p.hour][0]
+    # with room to spare, every hour carries it
+    roomy = [unpack(b, "r") for b in pack_joined(joined, RECEIVED_MS, 1024 * 1024)]
+    assert all(p.partial == partial for p in roomy)

@@ -27,7 +27,7 @@ from telemetry.domain.readings import Record, encode_record
 Num = int | float
 
 
-def _expansion(values: list[float]) -> tuple[float, ...]:
+def exact_sum(values: list[float]) -> tuple[float, ...]:
     """Floats whose exact sum equals the exact sum of `values`, largest first.
 
     Each step takes the correctly rounded sum of what is left (math.fsum is exact), so the
@@ -58,9 +58,9 @@ def _scaled(x: float) -> int:
 
 
 def _exact_expansion(values: list[float]) -> tuple[float, ...]:
-    """`_expansion` for sums beyond the float range: the same greedy steps on the exact integer
+    """`exact_sum` for sums beyond the float range: the same greedy steps on the exact integer
     sum, each part clamped to the largest double. A function of the exact sum only, like
-    `_expansion`, so the result still does not depend on order or split."""
+    `exact_sum`, so the result still does not depend on order or split."""
     rest = sum(_scaled(v) for v in values)
     parts: list[float] = []
     while rest:
@@ -79,7 +79,7 @@ def _tie(v: Num) -> tuple[Num, bool, float]:
     return (v, isinstance(v, float), math.copysign(1.0, v))
 
 
-def _extreme(pick: Callable[..., Num], values: Sequence[Num], mixed: bool) -> Num:
+def extreme(pick: Callable[..., Num], values: Sequence[Num], mixed: bool) -> Num:
     """`pick(values, key=_tie)` without a Python call per value: equal values of different
     spelling exist only among ints mixed with floats, or as 0.0 and -0.0, and only matter when
     the extreme occurs more than once."""
@@ -100,7 +100,7 @@ class SignalStats:
     count: int
     min: Num
     max: Num
-    # The exact sum as an expansion (see `_expansion`), or None while `values` are kept: one
+    # The exact sum as an expansion (see `exact_sum`), or None while `values` are kept: one
     # pass's mean needs only fsum(values), so the expansion (three more passes over the values)
     # is made only when a merge needs it.
     exact: tuple[float, ...] | None
@@ -114,12 +114,12 @@ class SignalStats:
         (a column slice) are freed at once and their memory reused by the next column."""
         if lo > -_SAFE and hi < _SAFE and count < _SAFE_COUNT:
             return cls(count, lo, hi, None, None, math.fsum(values))
-        return cls(count, lo, hi, _expansion(list(map(float, values))))
+        return cls(count, lo, hi, exact_sum(list(map(float, values))))
 
     @classmethod
     def of(cls, values: list[Num]) -> SignalStats:
         mixed = len(set(map(type, values))) > 1
-        return cls(len(values), _extreme(min, values, mixed), _extreme(max, values, mixed),
+        return cls(len(values), extreme(min, values, mixed), extreme(max, values, mixed),
                    None, values)
 
     @property
@@ -127,7 +127,7 @@ class SignalStats:
         if self.exact is None:
             if self.values is None:
                 raise ValueError("statistics made by `final` cannot be merged")
-            self.exact = _expansion(list(map(float, self.values)))
+            self.exact = exact_sum(list(map(float, self.values)))
             self.values = None
         return self.exact
 
@@ -144,7 +144,7 @@ class SignalStats:
             else min(self.min, other.min, key=_tie),
             max(self.max, other.max) if self.max != other.max
             else max(self.max, other.max, key=_tie),
-            _expansion([*self.sum_parts, *other.sum_parts]),
+            exact_sum([*self.sum_parts, *other.sum_parts]),
         )
 
     @property
@@ -438,7 +438,7 @@ def aggregate_lean(
                 if not vals:
                     continue
             m = mixed and len(set(map(type, vals))) > 1
-            lo, hi = _extreme(min, vals, m), _extreme(max, vals, m)
+            lo, hi = extreme(min, vals, m), extreme(max, vals, m)
             stats[vid][name] = (
                 SignalStats(len(vals), lo, hi, None, vals).compact()
                 if mergeable

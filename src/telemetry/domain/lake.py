@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 RAW = "raw/"
 AGGREGATES = "aggregates/hourly/"
 AGGREGATE_STATE = "aggregates/_state/hourly.json"
+# Beside the raw files, not among them: engines that read raw/ as a table see only readings.
+PARTIALS = "partials/"
 
 _HOUR_RE = re.compile(r"year=(\d{4})/month=(\d{2})/day=(\d{2})/hour=(\d{2})/")
 
@@ -23,6 +25,15 @@ def raw_prefix(hour: datetime) -> str:
 
 def raw_key(hour: datetime, name: str, compressed: bool) -> str:
     return f"{raw_prefix(hour)}{name}.jsonl" + (".gz" if compressed else "")
+
+
+def partials_prefix(hour: datetime) -> str:
+    return PARTIALS + hour_path(hour)
+
+
+def partials_key(hour: datetime, name: str) -> str:
+    """An object of partials for raw files of `hour` (see `partials`)."""
+    return f"{partials_prefix(hour)}{name}.jsonl"
 
 
 def aggregate_key(hour: datetime) -> str:

@@ -3,12 +3,15 @@
 An envelope holds the readings of one request that fall in one UTC hour, already encoded as
 the lake's JSON lines, so the worker concatenates instead of re-encoding:
 
-    {"v":1,"hour":<epoch s>,"received_at":<epoch ms>,"ts":[<epoch ms>, ...]}\\n
+    {"v":2,"hour":<epoch s>,"received_at":<epoch ms>,"ts":[<epoch ms>, ...]}\\n
+    <partial line>\\n          (version 2 only: the envelope's statistics, see `partials`)
     <record line>\\n
     ...
 
 The header carries each reading's event time so the worker can measure ts -> stored latency
 without decoding the lines. The body is UTF-8 text, so every queue backend can carry it.
+Version 1 (no partial line) is still read: ingest writes it when an hour's readings are split
+over several envelopes, and older ingest processes write nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import msgspec
 from telemetry.domain.errors import PoisonMessage
 
 ENVELOPE_VERSION = 1
+ENVELOPE_WITH_PARTIAL = 2
 _HEADER_OVERHEAD = 64  # {"v":1,"hour":...,"received_at":...,"ts":[]} and the newline
 _PER_TS = 15  # 13 digits of epoch ms, a comma, and slack
 
@@ -46,6 +50,7 @@ class Part:
     received_at_ms: int
     ts_ms: list[int]
     receipt: str
+    partial: bytes = b""  # the partial line, newline included; empty when the envelope has none
 
 
 def pack(
@@ -99,13 +104,19 @@ def pack_hours(
 
 
 def pack_joined(
-    by_hour: dict[int, tuple[bytes, list[int]]], received_at_ms: int, max_bytes: int
+    by_hour: dict[int, tuple[bytes, list[int], bytes | None]], received_at_ms: int,
+    max_bytes: int,
 ) -> list[bytes]:
     """`pack` for lines already joined per hour: hour_epoch_s -> (the lines, each ending in
-    a newline and holding none inside, ts_ms). Split into lines only when over max_bytes."""
+    a newline and holding none inside, ts_ms, the hour's partial line or None). Split into
+    lines only when over max_bytes; an envelope carries the partial only when it holds the
+    whole hour and has room for it."""
     out: list[bytes] = []
-    for hour, (payload, ts) in by_hour.items():
-        if _HEADER_OVERHEAD + len(payload) + _PER_TS * len(ts) <= max_bytes:
+    for hour, (payload, ts, partial) in by_hour.items():
+        size = _HEADER_OVERHEAD + len(payload) + _PER_TS * len(ts)
+        if partial is not None and size + len(partial) <= max_bytes:
+            out.append(_envelope(hour, received_at_ms, ts, [payload], partial))
+        elif size <= max_bytes:
             out.append(_envelope(hour, received_at_ms, ts, [payload]))
         else:
             lines = [line + b"\n" for line in payload.split(b"\n")[:-1]]
@@ -113,9 +124,12 @@ def pack_joined(
     return out
 
 
-def _envelope(hour: int, received_at_ms: int, ts: list[int], lines: list[bytes]) -> bytes:
-    header = _header_encoder.encode(EnvelopeHeader(ENVELOPE_VERSION, hour, received_at_ms, ts))
-    return header + b"\n" + b"".join(lines)
+def _envelope(
+    hour: int, received_at_ms: int, ts: list[int], lines: list[bytes], partial: bytes = b""
+) -> bytes:
+    v = ENVELOPE_WITH_PARTIAL if partial else ENVELOPE_VERSION
+    header = _header_encoder.encode(EnvelopeHeader(v, hour, received_at_ms, ts))
+    return b"".join((header, b"\n", partial, *lines))
 
 
 def unpack(body: bytes, receipt: str) -> Part:
@@ -127,8 +141,14 @@ def unpack(body: bytes, receipt: str) -> Part:
         h = _header_decoder.decode(head)
     except msgspec.DecodeError as exc:
         raise PoisonMessage(f"bad envelope header: {exc}") from exc
-    if h.v != ENVELOPE_VERSION:
+    partial = b""
+    if h.v == ENVELOPE_WITH_PARTIAL:
+        line, sep, payload = payload.partition(b"\n")
+        if not sep:
+            raise PoisonMessage("no partial line after the envelope header")
+        partial = line + sep
+    elif h.v != ENVELOPE_VERSION:
         raise PoisonMessage(f"unknown envelope version {h.v}")
     if not h.ts or payload.count(b"\n") != len(h.ts) or not payload.endswith(b"\n"):
         raise PoisonMessage("envelope line count does not match its header")
-    return Part(h.hour, payload, len(h.ts), h.received_at, h.ts, receipt)
+    return Part(h.hour, payload, len(h.ts), h.received_at, h.ts, receipt, partial)

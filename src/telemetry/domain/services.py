@@ -34,6 +34,14 @@ from telemetry.domain.errors import (
 from telemetry.domain.keys import Principal
 from telemetry.domain.latency import LatencyDistribution
 from telemetry.domain.packing import Part, fits_alone, pack_joined, unpack
+from telemetry.domain.partials import (
+    distinct_partials,
+    file_line,
+    ids_of,
+    merge_partials,
+    partial_line,
+    read_partials,
+)
 from telemetry.domain.ports import Clock, Queue, Storage
 from telemetry.domain.readings import (
     Reading,
@@ -98,7 +106,11 @@ class AcceptReadings:
                 group = by_hour[hour] = ([], [])
             group[0].append(Record(rid, r.vehicle_id, ts, now, r.signals))
             group[1].append(t_ms)
-        joined = {h: (encode_records(recs), ts) for h, (recs, ts) in by_hour.items()}
+        all_derived = len(missing) == len(readings)
+        joined = {
+            h: (encode_records(recs), ts, partial_line(recs, all_derived))
+            for h, (recs, ts) in by_hour.items()
+        }
         try:
             return ids, pack_joined(joined, epoch_ms(now), self.queue.max_message_bytes)
         except ValueError:
@@ -139,6 +151,13 @@ class FileWritten:
     ts_to_stored: LatencyDistribution
 
 
+@dataclass(frozen=True, slots=True)
+class PartialsWritten:
+    key: str
+    files: int
+    error: str | None = None  # the write failed: the files are decoded at aggregation
+
+
 @dataclass(slots=True)
 class PollResult:
     received: int = 0
@@ -168,6 +187,8 @@ class DrainBatches:
         *,
         compress: bool = False,
         receive_max: int = 10,
+        partials_every: float = 60.0,
+        partials_max_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.queue = queue
         self.storage = storage
@@ -178,6 +199,15 @@ class DrainBatches:
         self._unstored: list[Batch] = []  # writes that failed, oldest first
         self._undeleted: list[Batch] = []  # stored, but the delete failed
         self._unreported: list[FileWritten] = []  # stored during a call that then raised
+        # `partials/` lines of stored files, by hour, written every `partials_every` seconds
+        # or `partials_max_bytes` (memory): one object per hour and interval, not one per file
+        # (S3 PUTs, fsyncs).
+        self.partials_every = partials_every
+        self.partials_max_bytes = partials_max_bytes
+        self._partials: dict[int, list[bytes]] = {}
+        self._partials_bytes = 0
+        self._partials_since: float | None = None
+        self.partials_log: list[PartialsWritten] = []  # for the caller to report and clear
 
     @property
     def held(self) -> list[Batch]:
@@ -220,6 +250,7 @@ class DrainBatches:
             ready.extend(self.batcher.take(hour))
         ready.extend(self.batcher.due(self.clock.monotonic()))
         self._flush(ready)
+        self._store_partials()
         result.files = self._reported()
         return result
 
@@ -228,6 +259,7 @@ class DrainBatches:
         whatever it could not store for the next call."""
         self._unstored.extend(self.batcher.drain())
         self._retry()
+        self._store_partials(now=True)
         return self._reported()
 
     def drain(self, wait_seconds: float = 0.0) -> list[FileWritten]:
@@ -311,6 +343,32 @@ class DrainBatches:
                 self._unstored.extend(waiting[i + 1 :])
                 raise
 
+    def _store_partials(self, *, now: bool = False) -> None:
+        """Write the partials kept since the last time, when `partials_every` has passed, or
+        they hold `partials_max_bytes`, or `now`. Best effort: they only spare aggregation a
+        decode of the files they cover, so a failed write drops them (logged by the caller)
+        rather than holding up the readings."""
+        since = self._partials_since
+        if since is None or not (
+            now
+            or self.clock.monotonic() - since >= self.partials_every
+            or self._partials_bytes >= self.partials_max_bytes
+        ):
+            return
+        pending, self._partials, self._partials_since = self._partials, {}, None
+        self._partials_bytes = 0
+        for hour, lines in pending.items():
+            data = b"".join(lines)
+            digest = hashlib.blake2b(data, digest_size=10).hexdigest()
+            name = f"{self.clock.now():%Y%m%dT%H%M%SZ}-{digest}"
+            key = lake.partials_key(datetime.fromtimestamp(hour, UTC), name)
+            try:
+                self.storage.put(key, data)
+            except (StorageUnavailable, OSError) as exc:
+                self.partials_log.append(PartialsWritten(key, len(lines), str(exc)))
+            else:
+                self.partials_log.append(PartialsWritten(key, len(lines)))
+
     def _write(self, batch: Batch) -> None:
         """Store the batch's file and note it for the next report; the caller deletes."""
         content = b"".join(p.payload for p in batch.parts)
@@ -323,6 +381,12 @@ class DrainBatches:
             batch.name = f"{self.clock.now():%Y%m%dT%H%M%SZ}-{digest}"
         key = lake.raw_key(hour, batch.name, self.compress)
         self.storage.put(key, data)
+        if all(p.partial for p in batch.parts):  # else aggregation decodes this file
+            if self._partials_since is None:
+                self._partials_since = self.clock.monotonic()
+            line = file_line(key, [p.partial for p in batch.parts])
+            self._partials.setdefault(batch.hour, []).append(line)
+            self._partials_bytes += len(line)
         stored_ms = epoch_ms(self.clock.now())
         received = LatencyDistribution()
         event = LatencyDistribution()
@@ -412,14 +476,64 @@ class AggregateHours:
         return records
 
     def _aggregate(self, hour: datetime, keys: Sequence[str]) -> tuple[int, HourAggregate]:
-        """The hour's aggregate and its raw line count: on lean records (see `RawDecoder`),
-        or on Records where lean copies of a reading cannot settle which one counts."""
+        """The hour's aggregate and its raw line count: from the files' partials (see
+        `partials`), else on lean records (see `RawDecoder`), else on Records where lean
+        copies of a reading cannot settle which one counts."""
+        fast = self._from_partials(hour, keys)
+        if fast is not None:
+            return fast
         part = HourPart(self.storage, keys)
         agg = part.aggregate(hour)
         if agg is None:
             raw = self.read_hour(keys)
             return len(raw), aggregate(hour, dedupe(raw))
         return part.raw, agg
+
+    def partials(self, hour: datetime, keys: Sequence[str]) -> dict[str, list[msgspec.Raw]]:
+        """Raw key -> its envelopes' partials, for the raw files of `keys` that have them. An
+        object under `partials/` that cannot be read (corrupt, gone, or refused: a role
+        without the grant) is passed over: its files are decoded."""
+        wanted = set(keys)
+        found: dict[str, list[msgspec.Raw]] = {}
+        for key in self.storage.list(lake.partials_prefix(hour)):
+            try:
+                covered = read_partials(self.storage.get(key), wanted)
+            except (msgspec.DecodeError, NotFound, StorageUnavailable):
+                continue
+            for raw_key, envelopes in covered.items():
+                found.setdefault(raw_key, envelopes)
+        return found
+
+    def _from_partials(
+        self, hour: datetime, keys: Sequence[str]
+    ) -> tuple[int, HourAggregate] | None:
+        """The partials of the files that have them, merged with the decoded rest; None when
+        no file has them or a reading_id occurs twice in a way partials cannot settle."""
+        covered = self.partials(hour, keys)
+        if not covered:
+            return None
+        try:
+            distinct = distinct_partials(e for envelopes in covered.values() for e in envelopes)
+        except msgspec.DecodeError:
+            return None
+        if distinct is None:
+            return None
+        partials, lines = distinct
+        ids = ids_of(partials)
+        rest = [k for k in keys if k not in covered]
+        part = HourPart(self.storage, rest) if rest else None
+        if part is not None:
+            ids.extend(part.ids())
+            lines += part.raw
+            if len(set(ids)) < len(ids):
+                return None
+        agg = merge_partials(hour, partials)
+        if part is not None:
+            lean = part.aggregate(hour, mergeable=True)
+            if lean is None:
+                return None
+            agg = agg.merge(lean)
+        return lines, agg
 
     def hour(self, hour: datetime, keys: Sequence[str] | None = None) -> AggregateResult:
         if keys is None:

@@ -93,6 +93,13 @@ class Worker:
                 received_to_stored=f.received_to_stored.summary(),
                 ts_to_stored=f.ts_to_stored.summary(),
             )
+        for p in self.drain.partials_log:
+            if p.error is None:
+                event(log, "partials_written", key=p.key, files=p.files)
+            else:  # no reading is lost: aggregation decodes these files instead
+                event(log, "partials_dropped", logging.WARNING, key=p.key, files=p.files,
+                      error=p.error)
+        self.drain.partials_log.clear()
 
     def _step(self, once: bool) -> bool:
         """One poll; returns False when `once` and the queue answered empty."""

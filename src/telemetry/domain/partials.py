@@ -1,0 +1,223 @@
+"""Partial aggregates made at ingest, so that aggregation need not decode every raw line.
+
+Ingest has each request's readings decoded already. With an envelope (one request's readings of
+one hour) that holds many readings per vehicle, it sends that envelope's statistics: per vehicle
+the reading ids, first and last `ts`, and per numeric signal count, min, max and the exact sum
+(see `aggregation`). Envelopes of many vehicles with a reading or two each get none: their
+partial would be as large as the lines, and slower to merge than the lines are to decode.
+
+The worker does not decode partials. For each raw file whose every envelope has one, it keeps a
+line `{"file": <raw key>, "envelopes": [<partial>, ...]}` made by concatenation, and writes the
+lines of an hour as one object under `partials/` now and then (ADR 0006): a crash or a failed
+write loses only the shortcut, never a reading.
+
+Aggregation merges the partials of the files they cover and decodes the rest. The merge is
+exact, so the result is byte for byte the one of decoding every line, provided no reading_id
+occurs twice: the partials cannot say which copy counts. Duplicates in this pipeline are whole
+envelopes (a message delivered again, a request sent again); two byte-identical envelope
+partials whose ids ingest derived from the content hold the same readings, so one is dropped.
+Any other repeated id sends the hour back to decoding every line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
+from itertools import chain
+from typing import Any
+
+import msgspec
+
+from telemetry.domain.aggregation import (
+    HourAggregate,
+    Num,
+    SignalStats,
+    VehicleHour,
+    exact_sum,
+    extreme,
+)
+from telemetry.domain.readings import Record
+
+
+class SignalPartial(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    count: int
+    min: Num
+    max: Num
+    sum: list[float]  # an exact expansion: fsum(sum) is the correctly rounded sum
+
+
+class VehiclePartial(msgspec.Struct, array_like=True, frozen=True):
+    ids: list[str]
+    first_ts: datetime
+    last_ts: datetime
+    signals: dict[str, SignalPartial]
+
+
+class Partial(msgspec.Struct, array_like=True, frozen=True):
+    """One envelope's statistics. `derived`: ingest derived every reading id from the
+    reading's content, so equal ids mean equal readings."""
+
+    derived: bool
+    vehicles: dict[str, VehiclePartial]
+
+
+class FilePartials(msgspec.Struct, frozen=True):
+    """One line of a `partials/` object: the partials of every envelope of one raw file."""
+
+    file: str
+    envelopes: list[msgspec.Raw]
+
+
+# Fewer readings per vehicle than this in an envelope: no partial (see the module's doc).
+MIN_READINGS_PER_VEHICLE = 10
+
+_NUMERIC: frozenset[type] = frozenset((int, float))
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Partial)
+_file_decoder = msgspec.json.Decoder(FilePartials)
+
+
+def partial_line(
+    records: Sequence[Record], derived: bool, min_per_vehicle: int = MIN_READINGS_PER_VEHICLE
+) -> bytes | None:
+    """The partial of `records` (one envelope's) as a JSON line; None when the envelope holds
+    fewer than `min_per_vehicle` readings per vehicle, or a value is beyond what the exact sum
+    can hold (aggregation then decodes that file, as it would anyway)."""
+    vehicles = {r.vehicle_id for r in records}
+    if len(records) < min_per_vehicle * len(vehicles):
+        return None
+    # A column at a time (comprehensions and C builtins), not a Python step per value: this
+    # runs on ingest's hot path.
+    groups: dict[str, list[Record]] = {}
+    if len(vehicles) == 1:
+        groups[records[0].vehicle_id] = list(records)
+    else:
+        for r in records:
+            groups.setdefault(r.vehicle_id, []).append(r)
+    try:
+        partial = Partial(derived, {vid: _vehicle(rs) for vid, rs in groups.items()})
+    except OverflowError:
+        return None
+    return _encoder.encode(partial) + b"\n"
+
+
+def _vehicle(records: list[Record]) -> VehiclePartial:
+    sigs = [r.signals for r in records]
+    ts = [r.ts for r in records]
+    stats: dict[str, SignalPartial] = {}
+    for name in dict.fromkeys(chain.from_iterable(sigs)):
+        column: list[Any]
+        try:
+            column = [s[name] for s in sigs]
+        except KeyError:  # not in every reading
+            column = [s.get(name) for s in sigs]
+        kinds = set(map(type, column))
+        if not kinds <= _NUMERIC:  # bool and str are not numeric statistics
+            column = [v for v in column if type(v) in _NUMERIC]
+            kinds &= _NUMERIC
+        if column:
+            stats[name] = _signal(column, len(kinds) > 1)
+    return VehiclePartial([r.reading_id for r in records], min(ts), max(ts), stats)
+
+
+def _signal(values: list[Num], mixed: bool) -> SignalPartial:
+    return SignalPartial(
+        len(values),
+        extreme(min, values, mixed),
+        extreme(max, values, mixed),
+        list(exact_sum(list(map(float, values)))),
+    )
+
+
+def file_line(key: str, partials: Sequence[bytes]) -> bytes:
+    """The `partials/` line for the raw file `key` from its envelopes' partial lines, by
+    concatenation (the worker does not decode them)."""
+    return b"".join(
+        (b'{"file":', _encoder.encode(key), b',"envelopes":[',
+         b",".join(p.rstrip(b"\n") for p in partials), b"]}\n")
+    )
+
+
+def read_partials(data: bytes, keys: Collection[str]) -> dict[str, list[msgspec.Raw]]:
+    """Raw key -> its envelopes' partials (undecoded), for the files of `keys` that a
+    `partials/` object covers; raises msgspec.DecodeError when it is not one."""
+    return {f.file: f.envelopes for f in _file_decoder.decode_lines(data) if f.file in keys}
+
+
+def distinct_partials(envelopes: Iterable[msgspec.Raw]) -> tuple[list[Partial], int] | None:
+    """The envelopes' partials, one of each byte-identical pair whose ids were derived from
+    content, and the number of lines they stand for (both of a pair); None when a reading_id
+    still occurs twice (only the lines can settle it)."""
+    seen: dict[bytes, tuple[int, bool]] = {}  # partial -> (its readings, derived)
+    partials: list[Partial] = []
+    lines = 0
+    for raw in envelopes:
+        key = bytes(raw)
+        known = seen.get(key)
+        if known is not None and known[1]:  # the same readings again
+            lines += known[0]
+            continue
+        p = _decoder.decode(raw)
+        n = sum(len(vp.ids) for vp in p.vehicles.values())
+        seen[key] = (n, p.derived)
+        lines += n
+        partials.append(p)
+    ids = ids_of(partials)
+    return (partials, lines) if len(set(ids)) == len(ids) else None
+
+
+def decode_partials(data: bytes) -> list[Partial]:
+    """Envelope partial lines; raises msgspec.DecodeError when they are not."""
+    return _decoder.decode_lines(data)
+
+
+def ids_of(partials: Iterable[Partial]) -> list[str]:
+    return [rid for p in partials for vp in p.vehicles.values() for rid in vp.ids]
+
+
+def merge_partials(hour: datetime, partials: Iterable[Partial]) -> HourAggregate:
+    """The aggregate of the readings behind `partials`, which must be distinct by reading_id;
+    mergeable with other partial aggregates of the hour (`HourAggregate.merge`)."""
+    readings: dict[str, int] = {}
+    first: dict[str, datetime] = {}
+    last: dict[str, datetime] = {}
+    signals: dict[str, dict[str, list[SignalPartial]]] = {}
+    for p in partials:
+        for vid, vp in p.vehicles.items():
+            n = readings.get(vid)
+            if n is None:
+                readings[vid] = len(vp.ids)
+                first[vid], last[vid] = vp.first_ts, vp.last_ts
+                mine = signals[vid] = {}
+            else:
+                readings[vid] = n + len(vp.ids)
+                first[vid] = min(first[vid], vp.first_ts)
+                last[vid] = max(last[vid], vp.last_ts)
+                mine = signals[vid]
+            for name, sp in vp.signals.items():
+                same = mine.get(name)
+                if same is None:
+                    mine[name] = [sp]
+                else:
+                    same.append(sp)
+    out = HourAggregate(hour)
+    for vid, n in readings.items():
+        out.vehicles[vid] = VehicleHour(
+            n, first[vid], last[vid], {name: _merged(sps) for name, sps in signals[vid].items()}
+        )
+    return out
+
+
+def _merged(parts: list[SignalPartial]) -> SignalStats:
+    if len(parts) == 1:
+        p = parts[0]
+        return SignalStats(p.count, p.min, p.max, tuple(p.sum))
+    mins = [p.min for p in parts]
+    maxes = [p.max for p in parts]
+    mixed = len(set(map(type, mins))) > 1 or len(set(map(type, maxes))) > 1
+    return SignalStats(
+        sum(p.count for p in parts),
+        extreme(min, mins, mixed),
+        extreme(max, maxes, mixed),
+        exact_sum([x for p in parts for x in p.sum]),
+    )
