@@ -2,6 +2,11 @@
 
     python -m bench.bench_aggregate     # 1,000,000 readings, 4 hours, 1,000 vehicles, 20 files
 
+Two lakes of that shape, one after the other (`--lake`): `lines`, written straight to files
+with 1% of single lines stored twice, and `ingest`, made through ingest's and the worker's use
+cases from requests of 100 readings of one vehicle, 1% of requests sent twice. On `ingest`,
+ours merges the partials that came with the envelopes; DuckDB reads the same raw files.
+
 Ours is what `telemetry aggregate` does for every hour (read, decode, dedupe, aggregate, write
 the aggregate file), in one process and with its default `--jobs` (one process per usable CPU:
 hours in parallel, or an hour's files split over them). DuckDB runs
@@ -28,6 +33,7 @@ from bench.common import (
     lake_storage,
     median,
     scratch_dir,
+    write_ingested_lake,
     write_lake,
 )
 from telemetry.domain.aggregation import decode_aggregate_lines
@@ -147,12 +153,62 @@ def compare(ours: dict[Key, dict[str, Any]], theirs: dict[Key, dict[str, Any]]) 
     return diffs
 
 
+LAKES = {
+    # Lines written straight to files, 1% of single lines stored twice: every hour decoded.
+    "lines": write_lake,
+    # Through ingest and the worker, each vehicle posting its own readings, 1% of requests
+    # sent twice: partials cover the files (see telemetry.domain.partials).
+    "ingest": write_ingested_lake,
+}
+
+
+def measure(root: Path, lines: int, built: float, args: Any) -> dict[str, Any]:
+    hours = [LAKE_START + timedelta(hours=h) for h in range(args.hours)]
+    one: list[float] = []
+    pooled: list[float] = []
+    duck: list[float] = []
+    readings = 0
+    theirs: dict[Key, dict[str, Any]] = {}
+    cpu = {"duckdb": 0.0, "ours_1proc": 0.0, "ours_pooled": 0.0}
+    for _ in range(args.runs):
+        c = cpu_s()
+        elapsed, theirs = run_duckdb(root, os.cpu_count() or 1)
+        duck.append(elapsed)
+        cpu["duckdb"] += -c + (c := cpu_s())
+        elapsed, readings = run_ours(root, hours, 1)
+        one.append(elapsed)
+        cpu["ours_1proc"] += -c + (c := cpu_s())
+        elapsed, _ = run_ours(root, hours, args.jobs)
+        pooled.append(elapsed)
+        cpu["ours_pooled"] += -c + (c := cpu_s())
+    diffs = compare(read_ours(root, hours), theirs)
+    if diffs:
+        raise SystemExit("results differ from DuckDB:\n" + "\n".join(diffs))
+    return {
+        "readings": readings,
+        "raw_lines": lines,
+        "raw_files": len(list(root.glob("raw/**/*.jsonl"))),
+        "lake_build_s": round(built, 2),
+        "runs": args.runs,
+        "ours_1proc_readings_per_s": readings / median(one),
+        f"ours_{args.jobs}proc_readings_per_s": readings / median(pooled),
+        "duckdb_readings_per_s": readings / median(duck),
+        "ratio_1proc_vs_duckdb": round(median(duck) / median(one), 3),
+        f"ratio_{args.jobs}proc_vs_duckdb": round(median(duck) / median(pooled), 3),
+        **{f"cpu_us_per_reading_{k}": round(v / args.runs / readings * 1e6, 2)
+           for k, v in cpu.items()},
+        "results_equal": True,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = base_parser(__doc__ or "")
     ap.add_argument("--readings", type=int, default=1_000_000)
     ap.add_argument("--hours", type=int, default=4)
     ap.add_argument("--vehicles", type=int, default=1000)
     ap.add_argument("--files", type=int, default=20)
+    ap.add_argument("--lake", choices=[*LAKES, "both"], default="both",
+                    help="how the lake is made (default: both, one after the other)")
     ap.add_argument("--jobs", type=int, default=aggregate_jobs.default_jobs(),
                     help="processes for the pooled run (`telemetry aggregate`'s default: "
                     "the usable CPUs)")
@@ -161,52 +217,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     if args.tiny:
         args.readings, args.hours, args.vehicles, args.files, args.runs = 2000, 2, 10, 4, 1
-    root = scratch_dir(args.dir, "bench-lake-")
-    try:
-        t = time.perf_counter()
-        lines = write_lake(root, readings=args.readings, hours=args.hours,
-                           vehicles=args.vehicles, files=args.files)
-        built = time.perf_counter() - t
-        hours = [LAKE_START + timedelta(hours=h) for h in range(args.hours)]
-        one: list[float] = []
-        pooled: list[float] = []
-        duck: list[float] = []
-        readings = 0
-        theirs: dict[Key, dict[str, Any]] = {}
-        cpu = {"duckdb": 0.0, "ours_1proc": 0.0, "ours_pooled": 0.0}
-        for _ in range(args.runs):
-            c = cpu_s()
-            elapsed, theirs = run_duckdb(root, os.cpu_count() or 1)
-            duck.append(elapsed)
-            cpu["duckdb"] += -c + (c := cpu_s())
-            elapsed, readings = run_ours(root, hours, 1)
-            one.append(elapsed)
-            cpu["ours_1proc"] += -c + (c := cpu_s())
-            elapsed, _ = run_ours(root, hours, args.jobs)
-            pooled.append(elapsed)
-            cpu["ours_pooled"] += -c + (c := cpu_s())
-        diffs = compare(read_ours(root, hours), theirs)
-        if diffs:
-            raise SystemExit("results differ from DuckDB:\n" + "\n".join(diffs))
-        result = {
-            "readings": readings,
-            "raw_lines": lines,
-            "lake_build_s": round(built, 2),
-            "runs": args.runs,
-            "ours_1proc_readings_per_s": readings / median(one),
-            f"ours_{args.jobs}proc_readings_per_s": readings / median(pooled),
-            "duckdb_readings_per_s": readings / median(duck),
-            "ratio_1proc_vs_duckdb": round(median(duck) / median(one), 3),
-            f"ratio_{args.jobs}proc_vs_duckdb": round(median(duck) / median(pooled), 3),
-            **{f"cpu_us_per_reading_{k}": round(v / args.runs / readings * 1e6, 2)
-               for k, v in cpu.items()},
-            "results_equal": True,
-        }
-        emit("aggregate", result, args.json)
-        return result
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    result: dict[str, Any] = {}
+    for name in LAKES if args.lake == "both" else [args.lake]:
+        root = scratch_dir(args.dir and f"{args.dir}/{name}", f"bench-lake-{name}-")
+        try:
+            t = time.perf_counter()
+            lines = LAKES[name](root, readings=args.readings, hours=args.hours,
+                                vehicles=args.vehicles, files=args.files)
+            result[name] = measure(root, lines, time.perf_counter() - t, args)
+        finally:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
+    emit("aggregate", result, args.json)
+    return result
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--readings", type=int, default=200_000)
     ap.add_argument("--per-request", type=int, default=100)
     ap.add_argument("--vehicles", type=int, default=1000)
+    ap.add_argument("--one-vehicle", action="store_true",
+                    help="each request holds one vehicle's readings (these carry partial "
+                    "aggregates, which the worker also writes: ADR 0006)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.readings, args.vehicles = 1000, 10
@@ -107,7 +110,7 @@ def _run(args: Any, mock_aws: Any, boto3: Any, S3Storage: Any, SqsQueue: Any,
         drain = DrainBatches(queue, storage, SystemClock(), BatchPolicy())
         files: list[Any] = []
         bodies = request_bodies(args.readings, args.per_request, vehicles=args.vehicles,
-                                start=start)
+                                start=start, one_vehicle=args.one_vehicle)
         for sent, body in enumerate(bodies, 1):
             accept.execute(decoder.decode(body).readings, None)
             # The worker keeps up, as it does live: moto's SQS slows down with the backlog.
@@ -123,6 +126,7 @@ def _run(args: Any, mock_aws: Any, boto3: Any, S3Storage: Any, SqsQueue: Any,
     result = {
         "readings": args.readings,
         "per_request": args.per_request,
+        "one_vehicle_per_request": args.one_vehicle,
         "sqs_calls_by_op": dict(sqs_calls.ops),
         "s3_calls_by_op": dict(s3_calls.ops),
         "files": len(files),

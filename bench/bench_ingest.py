@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=1,
                     help="server processes of ours (`telemetry serve --workers`); the peer "
                     "keeps one. RSS is the first process's only; CPU counts them all")
+    ap.add_argument("--one-vehicle", action="store_true",
+                    help="each request holds one vehicle's readings (these carry partial "
+                    "aggregates, ADR 0006); default: each request's readings are of as many "
+                    "vehicles")
     ap.add_argument("--dir", help="scratch directory (default: a fresh temp dir)")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = scratch_dir(args.dir, "bench-ingest-")
     # Distinct readings, stamped a minute ago: valid for any run length (not in the future).
     bodies = request_bodies(200 * args.per_request, args.per_request, vehicles=1000,
-                            start=datetime.now(UTC) - timedelta(minutes=1))
+                            start=datetime.now(UTC) - timedelta(minutes=1),
+                            one_vehicle=args.one_vehicle)
     kinds = [args.only] if args.only else ["ours", "peer"]
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     try:
@@ -138,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     result: dict[str, Any] = {"seconds_per_run": args.seconds, "runs": args.runs,
                               "per_request": args.per_request,
+                              "one_vehicle_per_request": args.one_vehicle,
                               "load": f"{args.load_procs} procs x {args.conns} conns",
                               "ours_workers": args.workers}
     for kind, rs in runs.items():

@@ -48,16 +48,19 @@ def _queue(path: Path) -> SqliteQueue:
                        max_receives=s.max_receives, max_message_bytes=s.max_message_bytes)
 
 
-def _fill(path: str, n: int, per_request: int, vehicles: int, start: datetime) -> int:
+def _fill(path: str, n: int, per_request: int, vehicles: int, start: datetime,
+          one_vehicle: bool) -> int:
     queue = _queue(Path(path))
     accept = AcceptReadings(queue, SystemClock(), ReadingRules())
-    for body in request_bodies(n, per_request, vehicles=vehicles, start=start):
+    for body in request_bodies(n, per_request, vehicles=vehicles, start=start,
+                               one_vehicle=one_vehicle):
         accept.execute(_decoder.decode(body).readings, None)
     queue.close()
     return n
 
 
-def prefill(path: Path, n: int, per_request: int, vehicles: int, procs: int) -> None:
+def prefill(path: Path, n: int, per_request: int, vehicles: int, procs: int,
+            one_vehicle: bool = False) -> None:
     # Event times end about now, 1 ms apart: an hour boundary or two, as in a live fleet.
     start = datetime.now(UTC) - timedelta(milliseconds=n)
     share = -(-n // procs)
@@ -66,29 +69,31 @@ def prefill(path: Path, n: int, per_request: int, vehicles: int, procs: int) -> 
         list(pool.map(_fill, [str(path)] * procs,
                       [min(share, n - i * share) for i in range(procs)],
                       [per_request] * procs, [vehicles] * procs,
-                      [start + timedelta(milliseconds=i * share) for i in range(procs)]))
+                      [start + timedelta(milliseconds=i * share) for i in range(procs)],
+                      [one_vehicle] * procs))
 
 
-def _memory_queue(n: int, per_request: int, vehicles: int) -> MemoryQueue:
+def _memory_queue(n: int, per_request: int, vehicles: int, one_vehicle: bool) -> MemoryQueue:
     """The same messages in the in-memory queue: what the domain and the lake writes cost
     without the SQLite adapter."""
     queue = MemoryQueue(visibility_timeout=Settings().visibility_timeout)
     accept = AcceptReadings(queue, SystemClock(), ReadingRules())
     start = datetime.now(UTC) - timedelta(milliseconds=n)
-    for body in request_bodies(n, per_request, vehicles=vehicles, start=start):
+    for body in request_bodies(n, per_request, vehicles=vehicles, start=start,
+                               one_vehicle=one_vehicle):
         accept.execute(_decoder.decode(body).readings, None)
     return queue
 
 
 def drain_once(root: Path, n: int, per_request: int, vehicles: int, procs: int, kind: str,
-               receive_max: int = 100) -> dict[str, Any]:
+               receive_max: int = 100, one_vehicle: bool = False) -> dict[str, Any]:
     qpath = root / "queue.sqlite3"
     lake = root / "lake"
     queue: Any
     if kind == "memory":
-        queue = _memory_queue(n, per_request, vehicles)
+        queue = _memory_queue(n, per_request, vehicles, one_vehicle)
     else:
-        prefill(qpath, n, per_request, vehicles, procs)
+        prefill(qpath, n, per_request, vehicles, procs, one_vehicle)
         queue = _queue(qpath)
     drain = DrainBatches(queue, lake_storage(lake), SystemClock(), BatchPolicy(),
                          receive_max=receive_max)
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="memory: the domain and lake writes alone, without the SQLite adapter")
     ap.add_argument("--receive-max", type=int, default=100,
                     help="messages per receive (the worker's receive_max)")
+    ap.add_argument("--one-vehicle", action="store_true",
+                    help="each request holds one vehicle's readings: the worker also writes "
+                    "their partial aggregates (ADR 0006)")
     ap.add_argument("--dir", help="scratch directory (default: a fresh temp dir)")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = scratch_dir(args.dir, "bench-worker-")
     try:
         runs = [drain_once(root, args.readings, args.per_request, args.vehicles,
-                           args.fill_procs, args.queue, args.receive_max)
+                           args.fill_procs, args.queue, args.receive_max, args.one_vehicle)
                 for _ in range(args.runs)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "queue": args.queue,
         "receive_max": args.receive_max,
+        "one_vehicle_per_request": args.one_vehicle,
         "readings": args.readings,
         "runs": args.runs,
         "files_per_run": runs[0]["files"],

@@ -48,25 +48,30 @@ def signals(rng: random.Random) -> dict[str, Any]:
 
 
 def wire_readings(
-    n: int, *, vehicles: int, start: datetime, seed: int = 1
+    n: int, *, vehicles: int, start: datetime, seed: int = 1, run: int = 1
 ) -> Iterator[dict[str, Any]]:
-    """Readings as a client posts them, 1 ms apart from `start`, round-robin over vehicles."""
+    """Readings as a client posts them, 1 ms apart from `start`, round-robin over vehicles,
+    `run` readings of a vehicle at a time."""
     rng = random.Random(seed)
     for i in range(n):
         ts = start + timedelta(milliseconds=i)
         yield {
-            "vehicle_id": f"veh-{i % vehicles:05d}",
+            "vehicle_id": f"veh-{i // run % vehicles:05d}",
             "ts": ts.isoformat().replace("+00:00", "Z"),
             "signals": signals(rng),
         }
 
 
-def request_bodies(n: int, per_request: int, *, vehicles: int, start: datetime) -> list[bytes]:
-    """`{"readings": [...]}` JSON bodies of `per_request` readings each."""
+def request_bodies(
+    n: int, per_request: int, *, vehicles: int, start: datetime, one_vehicle: bool = False
+) -> list[bytes]:
+    """`{"readings": [...]}` JSON bodies of `per_request` readings each: of as many vehicles
+    (a gateway, `telemetry simulate`), or of one (a vehicle posting its own buffer)."""
     enc = msgspec.json.Encoder()
     out: list[bytes] = []
     batch: list[dict[str, Any]] = []
-    for r in wire_readings(n, vehicles=vehicles, start=start):
+    run = per_request if one_vehicle else 1
+    for r in wire_readings(n, vehicles=vehicles, start=start, run=run):
         batch.append(r)
         if len(batch) == per_request:
             out.append(enc.encode({"readings": batch}))
@@ -113,6 +118,53 @@ def write_lake(
         folder.mkdir(parents=True, exist_ok=True)
         for f, data in enumerate(part):
             (folder / f"bench-{f:03d}.jsonl").write_bytes(bytes(data))
+    return lines
+
+
+def write_ingested_lake(
+    root: Path,
+    *,
+    readings: int,
+    hours: int,
+    vehicles: int,
+    files: int,
+    per_request: int = 100,
+    resend: float = 0.01,
+    seed: int = 7,
+) -> int:
+    """A raw lake made the way the service makes it: each vehicle posts its own readings,
+    `per_request` at a time, through ingest's use case into a queue, and the worker's use case
+    drains it into `files` files over `hours` hours (with the partials it keeps). A share of
+    the requests is sent twice, as a client does when a 202 was lost. Returns the number of
+    lines written."""
+    from telemetry.adapters.memory import FakeClock, MemoryQueue
+    from telemetry.domain.batching import BatchPolicy
+    from telemetry.domain.readings import Reading, ReadingRules
+    from telemetry.domain.services import AcceptReadings, DrainBatches
+
+    rng = random.Random(seed)
+    clock = FakeClock(LAKE_START + timedelta(hours=hours, minutes=1))
+    queue = MemoryQueue(max_message_bytes=256 * 1024)
+    storage = lake_storage(root)
+    per_file = readings // files
+    drain = DrainBatches(queue, storage, clock, BatchPolicy(
+        max_readings=per_file, max_bytes=1 << 40, max_age_seconds=1e9, max_open_hours=hours))
+    accept = AcceptReadings(queue, clock, ReadingRules())
+    per_vehicle_hour = readings // hours // vehicles
+    lines = 0
+    for h in range(hours):
+        hour = LAKE_START + timedelta(hours=h)
+        for v in range(vehicles):
+            stamps = sorted(rng.randrange(3_600_000_000) for _ in range(per_vehicle_hour))
+            for a in range(0, len(stamps), per_request):
+                body = [Reading(f"veh-{v:05d}", hour + timedelta(microseconds=t), signals(rng))
+                        for t in stamps[a : a + per_request]]
+                for _ in range(2 if rng.random() < resend else 1):
+                    accept.execute(body, None)
+                    lines += len(body)
+            while drain.poll(0).received:
+                pass
+    drain.flush_all()
     return lines
 
 

@@ -12,13 +12,20 @@ def test_worker_bench_runs() -> None:
     assert bench_worker.main(["--tiny", "--json"])["readings"] == 1000
 
 
+def test_worker_bench_with_one_vehicle_per_request_runs() -> None:
+    r = bench_worker.main(["--tiny", "--json", "--queue", "memory", "--one-vehicle"])
+    assert r["readings"] == 1000 and r["one_vehicle_per_request"]
+
+
 def test_worker_bench_on_the_memory_queue_runs() -> None:
     assert bench_worker.main(["--tiny", "--json", "--queue", "memory"])["readings"] == 1000
 
 
 def test_aggregate_bench_runs_and_agrees_with_duckdb() -> None:
     pytest.importorskip("duckdb")
-    assert bench_aggregate.main(["--tiny", "--json"])["results_equal"]
+    r = bench_aggregate.main(["--tiny", "--json"])
+    assert r["lines"]["results_equal"] and r["ingest"]["results_equal"]
+    assert r["ingest"]["readings"] == r["lines"]["readings"] == 2000
 
 
 def test_ingest_bench_runs_both_servers() -> None:
@@ -33,6 +40,13 @@ def test_cost_bench_runs() -> None:
     pytest.importorskip("moto")
     r = bench_cost.main(["--tiny", "--json"])
     assert r["s3_puts_per_million"] > 0
+
+
+def test_cost_bench_counts_the_puts_of_partials() -> None:
+    pytest.importorskip("moto")
+    plain = bench_cost.main(["--tiny", "--json"])
+    r = bench_cost.main(["--tiny", "--json", "--one-vehicle"])
+    assert r["s3_calls_by_op"]["PutObject"] > r["files"] == plain["files"]
 
 
 def test_e2e_bench_runs() -> None:
