@@ -146,7 +146,7 @@ def write_ingested_lake(
     clock = FakeClock(LAKE_START + timedelta(hours=hours, minutes=1))
     queue = MemoryQueue(max_message_bytes=256 * 1024)
     storage = lake_storage(root)
-    per_file = readings // files
+    per_file = readings // files * 21 // 20  # room for the re-sent requests: `files` files
     drain = DrainBatches(queue, storage, clock, BatchPolicy(
         max_readings=per_file, max_bytes=1 << 40, max_age_seconds=1e9, max_open_hours=hours))
     accept = AcceptReadings(queue, clock, ReadingRules())
