@@ -262,6 +262,20 @@ def test_the_worker_writes_partials_before_they_hold_more_than_their_limit() -> 
     assert sorted(covered) == storage.list(lake.RAW)
 
 
+def test_an_envelope_with_a_corrupt_partial_is_stored_and_its_file_decoded() -> None:
+    clock = FakeClock(T)
+    queue, storage = MemoryQueue(), CountingStorage()
+    ids = _send(queue, clock, 2, per_vehicle=True)
+    (first, _) = queue.messages.values()
+    head, _, rest = first.body.partition(b"\n")
+    partial, _, lines = rest.partition(b"\n")
+    first.body = b"\n".join((head, partial[:-3], lines))
+    DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0)).drain()
+    assert queue.messages == {} and queue.dead == {}  # the readings are sound
+    assert storage.list(lake.PARTIALS) == []  # the file of two envelopes has one partial
+    assert sum(r.readings for r in AggregateHours(storage).changed()) == len(ids)
+
+
 def test_a_failed_write_of_partials_drops_them_and_loses_no_reading() -> None:
     clock = FakeClock(T)
     queue, storage = MemoryQueue(), CountingStorage()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -421,6 +422,13 @@ def _checked(part: Part) -> Part:
         raise PoisonMessage(f"a record line is not JSON: {exc}") from exc
     if lines != part.readings:
         raise PoisonMessage("a record line holds more than one JSON value")
+    if part.partial:
+        try:
+            _raw_lines.decode(part.partial)
+        except msgspec.DecodeError:
+            # The readings are sound; only the shortcut is not. Without it, the file is
+            # decoded at aggregation, and the other files' partials stay readable.
+            return dataclasses.replace(part, partial=b"")
     return part
 
 
