@@ -107,6 +107,11 @@ BAD_ENVELOPES = {
     "fewer lines than ts": HEADER + b"\n" + PAYLOAD.split(b"\n")[0] + b"\n",
     "last line cut short": HEADER + b"\n" + PAYLOAD[:-1],
     "header and no lines": HEADER + b"\n",
+    "a blank line between the lines": HEADER + b"\n" + PAYLOAD.replace(b"\n", b"\n\n", 1),
+    "a line padded with spaces": HEADER + b"\n" + b"  " + PAYLOAD,
+    "a line that is not JSON": HEADER + b"\n" + PAYLOAD.replace(b"}\n", b"\n", 1),
+    "two values on one line": HEADER + b"\n" + PAYLOAD.replace(b"}\n", b"} 1\n", 1),
+    "a partial line and no lines": HEADER.replace(b'"v":1', b'"v":2') + b"\n{}\n",
     "empty envelope": b'{"v":1,"hour":1,"received_at":1,"ts":[]}\n',
 }
 
@@ -124,7 +129,7 @@ def test_the_good_body_used_above_unpacks() -> None:
 # ---------------------------------------------------------------- property
 
 # Lines as the lake writes them: one JSON object, no newline inside, one at the end.
-lines = st.binary(max_size=300).map(lambda b: b'{"x":"' + b.replace(b"\n", b"n") + b'"}\n')
+lines = st.text(max_size=300).map(lambda t: msgspec.json.encode({"x": t}) + b"\n")
 
 
 @st.composite
