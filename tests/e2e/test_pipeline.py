@@ -89,6 +89,9 @@ def test_every_accepted_reading_is_stored_once_and_counted_once(pipeline: Pipeli
     # Requests of one or two vehicles carried partial aggregates; the worker wrote them at
     # shutdown, and aggregation merged them. Without them, every line decoded: the same bytes.
     assert '"partials_written"' in pipeline.log("worker")
+    hours = [json.loads(line) for line in (agg.stdout + agg.stderr).splitlines()
+             if '"hour_aggregated"' in line]
+    assert hours and any(h["files_from_partials"] > 0 for h in hours), agg.stderr
     partials = sorted((lake / "partials").rglob("*.jsonl"))
     assert partials
     merged = {f: f.read_bytes() for f in (lake / "aggregates" / "hourly").rglob("vehicles.jsonl")}

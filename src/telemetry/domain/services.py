@@ -439,6 +439,7 @@ class AggregateResult:
     raw_records: int
     readings: int
     vehicles: int
+    from_partials: int = 0  # files merged from their partials rather than decoded
 
 
 class _State(msgspec.Struct):
@@ -479,10 +480,13 @@ class AggregateHours:
                 raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
         return records
 
-    def _aggregate(self, hour: datetime, keys: Sequence[str]) -> tuple[int, HourAggregate]:
-        """The hour's aggregate and its raw line count: from the files' partials (see
-        `partials`), else on lean records (see `RawDecoder`), else on Records where lean
-        copies of a reading cannot settle which one counts."""
+    def _aggregate(
+        self, hour: datetime, keys: Sequence[str]
+    ) -> tuple[int, HourAggregate, int]:
+        """The hour's aggregate, its raw line count and how many files were merged from their
+        partials: from the files' partials (see `partials`), else on lean records (see
+        `RawDecoder`), else on Records where lean copies of a reading cannot settle which one
+        counts."""
         fast = self._from_partials(hour, keys)
         if fast is not None:
             return fast
@@ -490,8 +494,8 @@ class AggregateHours:
         agg = part.aggregate(hour)
         if agg is None:
             raw = self.read_hour(keys)
-            return len(raw), aggregate(hour, dedupe(raw))
-        return part.raw, agg
+            return len(raw), aggregate(hour, dedupe(raw)), 0
+        return part.raw, agg, 0
 
     def partials(self, hour: datetime, keys: Sequence[str]) -> dict[str, list[msgspec.Raw]]:
         """Raw key -> its envelopes' partials, for the raw files of `keys` that have them. An
@@ -510,7 +514,7 @@ class AggregateHours:
 
     def _from_partials(
         self, hour: datetime, keys: Sequence[str]
-    ) -> tuple[int, HourAggregate] | None:
+    ) -> tuple[int, HourAggregate, int] | None:
         """The partials of the files that have them, merged with the decoded rest; None when
         no file has them or a reading_id occurs twice in a way partials cannot settle."""
         covered = self.partials(hour, keys)
@@ -537,21 +541,25 @@ class AggregateHours:
             if lean is None:
                 return None
             agg = agg.merge(lean)
-        return lines, agg
+        return lines, agg, len(covered)
 
     def hour(self, hour: datetime, keys: Sequence[str] | None = None) -> AggregateResult:
         if keys is None:
             keys = self.hour_keys(hour)
-        raw, agg = self._aggregate(hour, keys)
-        return self.write(hour, len(keys), raw, agg)
+        raw, agg, from_partials = self._aggregate(hour, keys)
+        return self.write(hour, len(keys), raw, agg, from_partials)
 
     def hour_keys(self, hour: datetime) -> list[str]:
         return [k for k in self.storage.list(lake.raw_prefix(hour)) if lake.is_raw_file(k)]
 
-    def write(self, hour: datetime, files: int, raw: int, agg: HourAggregate) -> AggregateResult:
+    def write(
+        self, hour: datetime, files: int, raw: int, agg: HourAggregate, from_partials: int = 0
+    ) -> AggregateResult:
         key = lake.aggregate_key(hour)
         self.storage.put(key, agg.encode())
-        return AggregateResult(hour, key, files, raw, agg.readings, len(agg.vehicles))
+        return AggregateResult(
+            hour, key, files, raw, agg.readings, len(agg.vehicles), from_partials
+        )
 
     def hour_from_parts(
         self, hour: datetime, keys: Sequence[str], results: Sequence[PartResult | None]

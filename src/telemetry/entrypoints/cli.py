@@ -130,7 +130,8 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         results = service.changed(aggregate_jobs.runner(make_service, jobs))
     for r in results:
         event(log, "hour_aggregated", hour=format_hour(r.hour), key=r.key, files=r.files,
-              raw_records=r.raw_records, readings=r.readings, vehicles=r.vehicles)
+              raw_records=r.raw_records, readings=r.readings, vehicles=r.vehicles,
+              files_from_partials=r.from_partials)
     print(f"aggregated {len(results)} hour(s)")
     return 0
 
