@@ -459,6 +459,8 @@ def _decode_raw(decoder: RawDecoder, key: str, data: bytes) -> list[Any]:
         raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
 
 
+Covered = dict[str, list[msgspec.Raw]]
+"""Raw key -> the partials of its envelopes (see `AggregateHours.partials`)."""
 Todo = Sequence[tuple[datetime, list[str]]]
 """Hours to aggregate, each with its raw file keys."""
 HourRunner = Callable[[Todo], Iterable[AggregateResult]]
@@ -481,13 +483,13 @@ class AggregateHours:
         return records
 
     def _aggregate(
-        self, hour: datetime, keys: Sequence[str]
+        self, hour: datetime, keys: Sequence[str], covered: Covered | None = None
     ) -> tuple[int, HourAggregate, int]:
         """The hour's aggregate, its raw line count and how many files were merged from their
         partials: from the files' partials (see `partials`), else on lean records (see
         `RawDecoder`), else on Records where lean copies of a reading cannot settle which one
         counts."""
-        fast = self._from_partials(hour, keys)
+        fast = self._from_partials(hour, keys, covered)
         if fast is not None:
             return fast
         part = HourPart(self.storage, keys)
@@ -497,7 +499,7 @@ class AggregateHours:
             return len(raw), aggregate(hour, dedupe(raw)), 0
         return part.raw, agg, 0
 
-    def partials(self, hour: datetime, keys: Sequence[str]) -> dict[str, list[msgspec.Raw]]:
+    def partials(self, hour: datetime, keys: Sequence[str]) -> Covered:
         """Raw key -> its envelopes' partials, for the raw files of `keys` that have them. An
         object under `partials/` that cannot be read (corrupt, gone, or refused: a role
         without the grant) is passed over: its files are decoded."""
@@ -513,11 +515,12 @@ class AggregateHours:
         return found
 
     def _from_partials(
-        self, hour: datetime, keys: Sequence[str]
+        self, hour: datetime, keys: Sequence[str], covered: Covered | None
     ) -> tuple[int, HourAggregate, int] | None:
         """The partials of the files that have them, merged with the decoded rest; None when
         no file has them or a reading_id occurs twice in a way partials cannot settle."""
-        covered = self.partials(hour, keys)
+        if covered is None:
+            covered = self.partials(hour, keys)
         if not covered:
             return None
         try:
@@ -543,10 +546,14 @@ class AggregateHours:
             agg = agg.merge(lean)
         return lines, agg, len(covered)
 
-    def hour(self, hour: datetime, keys: Sequence[str] | None = None) -> AggregateResult:
+    def hour(
+        self, hour: datetime, keys: Sequence[str] | None = None, covered: Covered | None = None
+    ) -> AggregateResult:
+        """Aggregate and write `hour`; `covered`: what `partials(hour, keys)` returned, when the
+        caller has read it already."""
         if keys is None:
             keys = self.hour_keys(hour)
-        raw, agg, from_partials = self._aggregate(hour, keys)
+        raw, agg, from_partials = self._aggregate(hour, keys, covered)
         return self.write(hour, len(keys), raw, agg, from_partials)
 
     def hour_keys(self, hour: datetime) -> list[str]:

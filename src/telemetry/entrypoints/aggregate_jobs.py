@@ -135,9 +135,12 @@ def split_hour(
 ) -> AggregateResult:
     """One hour, its files split over up to `jobs` processes."""
     groups = _split(sorted(keys), jobs)
-    # Files with partials are merged, not decoded: far less work than a fork.
-    if len(groups) < 2 or len(service.partials(hour, keys)) == len(keys):
+    if len(groups) < 2:
         return service.hour(hour, keys)
+    # Files with partials are merged, not decoded: far less work than a fork.
+    covered = service.partials(hour, keys)
+    if len(covered) == len(keys):
+        return service.hour(hour, keys, covered)
     ctx = multiprocessing.get_context("fork")
     procs: list[tuple[Any, Connection]] = []
     results: list[Any] = []
