@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import base_parser, emit, median, request_bodies, rss_kib, scratch_dir
-from bench.load import create_key, drive, free_port, request_bytes, start_peer, start_serve, stop
+from bench.load import (
+    create_key,
+    drive,
+    drive_wrk,
+    free_port,
+    request_bytes,
+    start_peer,
+    start_serve,
+    stop,
+)
 
 
 class RssSampler(threading.Thread):
@@ -72,7 +81,8 @@ def _process_tree(pid: int) -> list[int]:
 
 
 def one_server(kind: str, root: Path, key: str | None, bodies: list[bytes], seconds: float,
-               procs: int, conns: int, workers: int = 1) -> dict[str, Any]:
+               procs: int, conns: int, workers: int = 1, load: str = "python"
+               ) -> dict[str, Any]:
     data = root / f"{kind}-data"
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
@@ -87,7 +97,11 @@ def one_server(kind: str, root: Path, key: str | None, bodies: list[bytes], seco
         reqs = [request_bytes(port, "/v1/readings", b, {"X-API-Key": key}) for b in bodies]
         sampler = RssSampler(server.pid)
         sampler.start()
-        res = drive(port, reqs, seconds=seconds, procs=procs, conns=conns)
+        if load == "wrk":
+            res = drive_wrk(port, reqs, seconds=seconds, threads=procs, conns=procs * conns,
+                            scratch=root / "wrk")
+        else:
+            res = drive(port, reqs, seconds=seconds, procs=procs, conns=conns)
         rss = sampler.finish()
     finally:
         stop(server)
@@ -117,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="each request holds one vehicle's readings (these carry partial "
                     "aggregates, ADR 0006); default: each request's readings are of as many "
                     "vehicles")
+    ap.add_argument("--load", choices=("python", "wrk"), default="python",
+                    help="load generator: bench/load.py (default), or wrk (Debian package "
+                         "`wrk`), lighter, with --load-procs threads x --conns connections each")
     ap.add_argument("--dir", help="scratch directory (default: a fresh temp dir)")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -135,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if kind == "peer" and key is None:
                     key = "bench-peer-key"
                 r = one_server(kind, root, key, bodies, args.seconds, args.load_procs,
-                               args.conns, args.workers)
+                               args.conns, args.workers, args.load)
                 if r["errors"]:
                     print(f"{kind}: {r['errors']} non-202 answers: {r['statuses']}")
                 runs[kind].append(r)
@@ -144,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"seconds_per_run": args.seconds, "runs": args.runs,
                               "per_request": args.per_request,
                               "one_vehicle_per_request": args.one_vehicle,
-                              "load": f"{args.load_procs} procs x {args.conns} conns",
+                              "load": f"{args.load}: {args.load_procs} x {args.conns} conns",
                               "ours_workers": args.workers}
     for kind, rs in runs.items():
         rates = [r["readings_per_s"] for r in rs]

@@ -108,6 +108,75 @@ def drive(port: int, requests: list[bytes], *, seconds: float, procs: int = 2, c
     return LoadResult(total, merged.get(202, 0), total - merged.get(202, 0), elapsed, merged)
 
 
+_WRK_SCRIPT = r"""
+-- Cycles through pre-built raw requests (one file each) and counts answers by status.
+local threads = {}
+local nthreads = 0
+function setup(thread)
+  nthreads = nthreads + 1
+  thread:set("tid", nthreads)
+  table.insert(threads, thread)
+end
+function init(args)
+  reqs = {}
+  local n = tonumber(args[2])
+  for i = 1, n do
+    local f = io.open(args[1] .. "/" .. i .. ".req", "rb")
+    reqs[i] = f:read("*a")
+    f:close()
+  end
+  idx = (tid * 7919) % n
+  counts = {}
+end
+function request()
+  idx = idx % #reqs + 1
+  return reqs[idx]
+end
+function response(status, headers, body)
+  counts[status] = (counts[status] or 0) + 1
+end
+function done(summary, latency, requests)
+  local merged = {}
+  for _, t in ipairs(threads) do
+    for status, n in pairs(t:get("counts")) do
+      merged[status] = (merged[status] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(merged) do
+    table.insert(parts, status .. ":" .. n)
+  end
+  local e = summary.errors
+  local socket_errors = e.connect + e.read + e.write + e.timeout
+  io.write("WRK " .. summary.duration .. " " .. socket_errors .. " "
+           .. table.concat(parts, ",") .. "\n")
+end
+"""
+
+
+def drive_wrk(port: int, requests: list[bytes], *, seconds: float, threads: int = 2,
+              conns: int = 16, scratch: Path) -> LoadResult:
+    """The same round-robin load from `wrk` (C, epoll): a lighter client than `drive`, so the
+    server under test gets more of a small machine. The requests are the same bytes."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    for i, req in enumerate(requests, 1):
+        (scratch / f"{i}.req").write_bytes(req)
+    script = scratch / "load.lua"
+    script.write_text(_WRK_SCRIPT)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(seconds))}s",
+         "-s", str(script), f"http://{HOST}:{port}/v1/readings", "--", str(scratch),
+         str(len(requests))], capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRK "))
+    _, duration_us, socket_errors, parts = [*line.split(" "), ""][:4]
+    statuses = {int(k): int(v) for k, v in (p.split(":") for p in parts.split(",") if p)}
+    if int(socket_errors):
+        statuses[-1] = int(socket_errors)
+    total = sum(statuses.values())
+    return LoadResult(total, statuses.get(202, 0), total - statuses.get(202, 0),
+                      int(duration_us) / 1e6, statuses)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
