@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
-from bench import bench_aggregate, bench_cost, bench_e2e, bench_ingest, bench_worker
+from bench import bench_aggregate, bench_cost, bench_e2e, bench_ingest, bench_worker, ingest_floor
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +36,18 @@ def test_ingest_bench_runs_both_servers() -> None:
     assert r["ours_readings_per_s_median"] > 0
     assert r["peer_readings_per_s_median"] > 0
     assert r["ours_non_202"] == r["peer_non_202"] == 0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_ingest_bench_runs_with_wrk_and_counts_its_answers() -> None:
+    r = bench_ingest.main(["--tiny", "--json", "--only", "ours", "--load", "wrk"])
+    assert r["ours_readings_per_s_median"] > 0 and r["ours_non_202"] == 0
+
+
+def test_ingest_floor_bench_runs() -> None:
+    r = ingest_floor.main(["--tiny", "--json"])
+    assert 0 < r["domain_decode_us_cpu_per_request"] < r["domain_whole_us_cpu_per_request"]
+    assert r["bare_stack_requests_per_s"] > 0
 
 
 def test_cost_bench_runs() -> None:
