@@ -11,23 +11,20 @@
 
 from __future__ import annotations
 
-import http.client
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from telemetry.adapters.sqs import QueueSpec, ensure_queue
 from tests import moto_server
-from tests.e2e.conftest import Pipeline, free_port
+from tests.e2e.conftest import Pipeline
+from tests.e2e.faulty_endpoint import FaultyEndpoint
 from tests.e2e.test_faults_storage import events, post, stored_ids, wait_for
 from tests.e2e.test_shutdown import enqueue
 
@@ -70,72 +67,6 @@ def test_a_locked_sqlite_queue_is_one_fault_episode_for_the_worker(pipeline: Pip
 
 
 # ------------------------------------------------------------------ SQS
-
-
-class FaultyEndpoint:
-    """A proxy to the moto server on a fixed loopback port, with three modes: `pass`,
-    `throttle` (every call answered as SQS answers a throttled one) and `down` (the port
-    is closed: connections are refused)."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = urlsplit(upstream)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.mode = "pass"
-        self.throttled = 0
-        self._server: ThreadingHTTPServer | None = None
-
-    def up(self) -> None:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if proxy.mode == "throttle":
-                    proxy.throttled += 1
-                    out = (b'{"__type":"com.amazonaws.sqs#RequestThrottled",'
-                           b'"message":"Rate exceeded"}')
-                    self.send_response(400)
-                    self.send_header("Content-Type", "application/x-amz-json-1.0")
-                    self.send_header("x-amzn-query-error", "RequestThrottled;Sender")
-                    self.send_header("Content-Length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                    return
-                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port,
-                                                  timeout=60)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "connection", "content-length")}
-                conn.request("POST", self.path, body, headers)
-                resp = conn.getresponse()
-                out = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("connection", "transfer-encoding", "content-length",
-                                         "server", "date"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-                conn.close()
-
-        class Server(ThreadingHTTPServer):
-            def handle_error(self, request: object, client_address: object) -> None:
-                pass  # a client gone mid-answer (the worker, while the port went down)
-
-        self._server = Server(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        self.mode = "pass"
-
-    def down(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 @pytest.fixture
