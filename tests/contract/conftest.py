@@ -7,10 +7,13 @@ points at the shared moto server, see `tests.moto_server`) and creates a uniquel
 queue or bucket.
 
 Queues need time to pass (visibility timeouts). The in-memory and SQLite queues take a time
-source, so `advance` moves a FakeClock and costs nothing. A queue without one (SQS) sleeps in
-`advance`: its factory should pick a short visibility timeout (say 1 s; the suites express
-every wait as a multiple of `queue.visibility_timeout`), set `fake_clock=False` (the stateful
-suite then leaves it out) and name in `quirks` what it does differently from the port.
+source, so `advance` moves a FakeClock and costs nothing. SQS's time is moto's, which
+`tests.moto_server` shifts on demand: `advance` costs nothing there either, but moto's clock
+is the real one plus that shift, so it also runs between calls (`clock_runs`). A queue whose
+time can only pass for real would sleep in `advance` (`sleep_advance`): its factory should
+pick a short visibility timeout (say 1 s; the suites express every wait as a multiple of
+`queue.visibility_timeout`) and set `fake_clock=False` (the stateful suite then skips it).
+Every factory names in `quirks` what its adapter does differently from the port.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ from telemetry.domain.ports import KeyStore, Queue, Storage
 # ------------------------------------------------------------------ queue
 
 # Known departures from the port, which a harness may declare in `quirks`; the tests that
-# exercise them skip that adapter and say why.
-STALE_RECEIPT_DELETES = "stale_receipt_deletes"  # delete() honours an old receipt (SQS may)
+# exercise them skip that adapter and say why, or (the stateful suite) allow for them.
+# AWS: a delete with an old receipt "succeeds, but the message might not be deleted"; moto
+# deletes it. moto also honours an old receipt in change_visibility.
+STALE_RECEIPT_DELETES = "stale_receipt_deletes"  # delete() may honour an old receipt
+STALE_RECEIPT_VISIBILITY = "stale_receipt_visibility"  # so may change_visibility()
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ class QueueHarness:
     max_receives: int
     fake_clock: bool  # advance costs nothing; the stateful suite runs only these
     receive_wait: float = 0.0  # what a test waits in receive when it expects messages
+    # The queue's clock also moves with real time, between calls: a timeout may run out early
+    # by the real time since it was set, so a test of exact ties counts in much longer steps.
+    clock_runs: bool = False
     quirks: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -116,8 +125,9 @@ def _sqs_queue(aws: str, spec: QueueSpec) -> Iterator[QueueHarness]:
             q,
             target.advance,
             spec.max_receives,
-            fake_clock=False,  # moto honours stale receipts, which the stateful model forbids
-            quirks=frozenset({STALE_RECEIPT_DELETES}),
+            fake_clock=True,  # moto's SQS clock is shifted, not waited for
+            clock_runs=True,  # ... from the real one, which keeps running
+            quirks=frozenset({STALE_RECEIPT_DELETES, STALE_RECEIPT_VISIBILITY}),
         )
 
 
