@@ -43,6 +43,13 @@ def queue_counts(data: Path) -> tuple[int, int]:
     return int(live), int(dead)
 
 
+def visible_now(data: Path) -> int:
+    """Messages another consumer could receive now."""
+    with closing(sqlite3.connect(data / "queue.sqlite3", timeout=10)) as db:
+        return int(db.execute("SELECT count(*) FROM messages WHERE visible_at <= ?",
+                              (time.time(),)).fetchone()[0])
+
+
 def events(p: Pipeline, name: str) -> list[dict[str, object]]:
     out = []
     for line in p.log("worker").splitlines():
@@ -88,8 +95,14 @@ def test_an_unwritable_lake_is_one_fault_episode_and_loses_nothing(pipeline: Pip
     (lake / "raw").write_bytes(b"")
     ids += enqueue(data, n_hours=3, per_hour=20)
     wait_for("a fault line", lambda: events(pipeline, "fault"), pipeline)
-    time.sleep(MAX_RECEIVES * VT + 1)  # longer than max receives x visibility timeout
-    assert queue_counts(data) == (3, 0)  # held, not deleted, not dead-lettered
+    # Longer than max receives x visibility timeout, sampled throughout: held, not deleted,
+    # not dead-lettered, and kept invisible all along.
+    samples = set()
+    until = time.monotonic() + MAX_RECEIVES * VT + 1
+    while time.monotonic() < until:
+        samples.add((*queue_counts(data), visible_now(data)))
+        time.sleep(0.2)
+    assert samples == {(3, 0, 0)}, pipeline.log("worker")
 
     (lake / "raw").unlink()
     shutil.move(lake / "raw.saved", lake / "raw")
