@@ -97,7 +97,7 @@ class Container(containers.DeclarativeContainer):
     accept_readings = providers.Singleton(AcceptReadings, queue, clock, rules)
     drain_batches = providers.Factory(
         DrainBatches, queue, storage, clock, batch_policy, compress=config.compress,
-        receive_max=config.receive_max,
+        receive_max=config.receive_max, partials_every=config.partials_every,
     )
     aggregate_hours = providers.Factory(AggregateHours, storage)
 

@@ -53,6 +53,8 @@ class Settings:
     batch_max_open_hours: int = 8
     # messages asked for per receive; SQS caps a receive at 10 whatever is asked
     receive_max: int = 100
+    # partial aggregates (ADR 0006): the worker writes what it kept at least this often
+    partials_every: float = 60.0
     compress: bool = False
     shutdown_deadline: float = 25.0
     # logs
@@ -141,6 +143,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "batch_max_age": _positive(float),
     "batch_max_open_hours": _positive(int),
     "receive_max": _positive(int),
+    "partials_every": _positive(float),
     "compress": _parse_bool,
     "shutdown_deadline": _positive(float),
     "log_format": _choice("text", "json"),
