@@ -416,3 +416,25 @@ def test_bodies_over_the_limit_raise_value_error(tmp_path: Path) -> None:
         q.send([b"0123456789", b"0123456789a"])
     assert q.receive(10) == []
     q.close()
+
+
+class _LowBindLimitQueue(SqliteQueue):
+    """As on an SQLite built with the old default of 999 bound variables per statement."""
+
+    def _open(self) -> sqlite3.Connection:
+        conn = super()._open()
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+
+def test_one_receive_of_more_messages_than_sqlite_binds_at_once(tmp_path: Path) -> None:
+    """TELEMETRY_RECEIVE_MAX is not bounded, and SQLite builds bind 999 to 250,000 variables
+    per statement: the claimed bodies are read in chunks."""
+    q = _LowBindLimitQueue(tmp_path / "q.sqlite3", visibility_timeout=30)
+    bodies = [b"m%d" % i for i in range(2_500)]
+    q.send(bodies)
+    got = q.receive(2_500)
+    assert sorted(m.body for m in got) == sorted(bodies)
+    q.delete([m.receipt for m in got])
+    assert q.receive(10) == []
+    q.close()

@@ -149,7 +149,9 @@ _SELECT_VISIBLE = (
     "SELECT id, receive_count FROM messages WHERE visible_at <= ? ORDER BY visible_at, id LIMIT ?"
 )
 # The bodies of one claim in one statement: a statement per body cost as much as reading it.
+# In chunks, below SQLite's limit on bound variables, whatever TELEMETRY_RECEIVE_MAX asks.
 _BODIES = "SELECT id, body FROM bodies WHERE id IN ({})"
+_BODIES_CHUNK = 500
 _CLAIM = "UPDATE messages SET receive_count = ?, visible_at = ?, receipt = ? WHERE id = ?"
 _TO_DEAD = (
     "INSERT OR REPLACE INTO dead_letters (id, receive_count, dead_at) "
@@ -414,9 +416,10 @@ class SqliteQueue:
                 db.executemany(_DELETE_ID, ((i,) for _, i in dead))
             claims = []
             ids = [i for i, _ in live]
-            bodies = dict(
-                db.execute(_BODIES.format(",".join("?" * len(ids))), ids).fetchall() if ids else ()
-            )
+            bodies: dict[int, bytes] = {}
+            for k in range(0, len(ids), _BODIES_CHUNK):
+                chunk = ids[k : k + _BODIES_CHUNK]
+                bodies.update(db.execute(_BODIES.format(",".join("?" * len(chunk))), chunk))
             for i, count in live:
                 receipt = f"{i}:{count + 1}:{token}"
                 claims.append((count + 1, visible_at, receipt, i))
