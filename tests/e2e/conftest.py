@@ -11,9 +11,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from tests.e2e.faulty_endpoint import FaultyEndpoint
 
 
 def free_port() -> int:
@@ -87,3 +91,18 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[FaultyEndpoint]:
+    """A fault-injecting proxy in front of the shared moto server (tests/e2e/faulty_endpoint.py),
+    closed after the test."""
+    from tests import moto_server
+    from tests.e2e.faulty_endpoint import FaultyEndpoint
+
+    e = FaultyEndpoint(moto_server.shared_server_url())
+    e.up()
+    try:
+        yield e
+    finally:
+        e.down()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,16 +66,6 @@ def test_a_locked_sqlite_queue_is_one_fault_episode_for_the_worker(pipeline: Pip
 
 
 # ------------------------------------------------------------------ SQS
-
-
-@pytest.fixture
-def endpoint() -> Iterator[FaultyEndpoint]:
-    e = FaultyEndpoint(moto_server.shared_server_url())
-    e.up()
-    try:
-        yield e
-    finally:
-        e.down()
 
 
 def timed_post(p: Pipeline, key: str, vehicle: str) -> tuple[httpx.Response, float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,16 +29,6 @@ pytestmark = pytest.mark.e2e
 
 VT = 2
 MAX_RECEIVES = 2
-
-
-@pytest.fixture
-def endpoint() -> Iterator[FaultyEndpoint]:
-    e = FaultyEndpoint(moto_server.shared_server_url())
-    e.up()
-    try:
-        yield e
-    finally:
-        e.down()
 
 
 def enqueue(queue: SqsQueue, n_hours: int, per_hour: int = 5) -> list[str]:
