@@ -20,16 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import base_parser, emit, median, request_bodies, rss_kib, scratch_dir
-from bench.load import (
-    create_key,
-    drive,
-    drive_wrk,
-    free_port,
-    request_bytes,
-    start_peer,
-    start_serve,
-    stop,
-)
+from bench.load import create_key, free_port, request_bytes, run_load, start_peer, start_serve, stop
 
 
 class RssSampler(threading.Thread):
@@ -97,11 +88,8 @@ def one_server(kind: str, root: Path, key: str | None, bodies: list[bytes], seco
         reqs = [request_bytes(port, "/v1/readings", b, {"X-API-Key": key}) for b in bodies]
         sampler = RssSampler(server.pid)
         sampler.start()
-        if load == "wrk":
-            res = drive_wrk(port, reqs, seconds=seconds, threads=procs, conns=procs * conns,
-                            scratch=root / "wrk")
-        else:
-            res = drive(port, reqs, seconds=seconds, procs=procs, conns=conns)
+        res = run_load(load, port, reqs, seconds=seconds, procs=procs, conns=conns,
+                       scratch=root / "wrk")
         rss = sampler.finish()
     finally:
         stop(server)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import base_parser, emit, median, request_bodies, scratch_dir
-from bench.load import HOST, drive, drive_wrk, free_port, request_bytes, stop, wait_http
+from bench.load import HOST, free_port, request_bytes, run_load, stop, wait_http
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.readings import ReadingRules
@@ -106,11 +106,8 @@ def stack_rate(root: Path, bodies: list[bytes], seconds: float, load: str, procs
     try:
         wait_http(port, "/")
         reqs = [request_bytes(port, "/v1/readings", b, {"X-API-Key": "k"}) for b in bodies]
-        if load == "wrk":
-            res = drive_wrk(port, reqs, seconds=seconds, threads=procs, conns=procs * conns,
-                            scratch=root / "wrk")
-        else:
-            res = drive(port, reqs, seconds=seconds, procs=procs, conns=conns)
+        res = run_load(load, port, reqs, seconds=seconds, procs=procs, conns=conns,
+                       scratch=root / "wrk")
     finally:
         stop(server)
     if res.errors:

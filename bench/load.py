@@ -177,6 +177,16 @@ def drive_wrk(port: int, requests: list[bytes], *, seconds: float, threads: int 
                       int(duration_us) / 1e6, statuses)
 
 
+def run_load(kind: str, port: int, requests: list[bytes], *, seconds: float, procs: int,
+             conns: int, scratch: Path) -> LoadResult:
+    """`--load python|wrk` of the benches: `procs` processes (or wrk threads) x `conns`
+    connections each."""
+    if kind == "wrk":
+        return drive_wrk(port, requests, seconds=seconds, threads=procs, conns=procs * conns,
+                         scratch=scratch)
+    return drive(port, requests, seconds=seconds, procs=procs, conns=conns)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
