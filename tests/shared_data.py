@@ -1,18 +1,15 @@
-"""Where the tests find the shared real-vehicle data (CAN logs, DBC files, the VSS catalogue):
-`$TELEMETRY_SHARED_DATA`, else `../shared/data` beside the repository."""
+"""Where the tests find the sample real-vehicle data (CAN logs, DBC files, maps, the VSS
+catalogue): shipped in the package, under `src/telemetry/samples/`."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "src" / "telemetry" / "samples"
+MAPS = SAMPLES / "maps"
 
 
 def shared_data(holding: str) -> Path | None:
-    """The first shared data directory that holds `holding` (a relative path), or None."""
-    env = os.environ.get("TELEMETRY_SHARED_DATA")
-    for base in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if (base / holding).exists():
-            return base
-    return None
+    """The samples directory when it holds `holding` (a relative path), else None."""
+    return SAMPLES if (SAMPLES / holding).exists() else None

@@ -21,8 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
     env["TELEMETRY_DATA_DIR"] = str(tmp_path / "data")
-    if "TELEMETRY_SHARED_DATA" in os.environ:
-        env["TELEMETRY_SHARED_DATA"] = os.environ["TELEMETRY_SHARED_DATA"]
     return subprocess.run([sys.executable, "-m", "telemetry", "demo", *args], env=env,
                           cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
 

@@ -54,9 +54,9 @@ pytestmark = [
 ]
 CAN = (DATA or Path()) / "can"
 TRUCK = {"dbc": CAN / "css-j1939-demo.dbc", "log": CAN / "css-truck-j1939.candump.log.gz",
-         "map": REPO / "maps" / "css-truck-j1939.yaml"}
+         "map": REPO / "src" / "telemetry" / "samples" / "maps" / "css-truck-j1939.yaml"}
 CAR = {"dbc": CAN / "canmod-gps.dbc", "log": CAN / "css-car-gnss-obd2.candump.log.gz",
-       "map": REPO / "maps" / "css-car-gnss-obd2.yaml"}
+       "map": REPO / "src" / "telemetry" / "samples" / "maps" / "css-car-gnss-obd2.yaml"}
 CAR_LIMIT = 20_000  # the first ~165 s of the drive; the whole log takes ~4x as long
 SPEED = "Vehicle.Speed"
 RPM = "Vehicle.Powertrain.CombustionEngine.Speed"

@@ -44,7 +44,7 @@ from telemetry.domain.readings import Reading
 from telemetry.entrypoints.replay import replay
 
 REPO = Path(__file__).resolve().parents[2]
-MAPS = REPO / "maps"
+MAPS = REPO / "src" / "telemetry" / "samples" / "maps"
 
 
 DATA = shared_data("can")

@@ -73,17 +73,13 @@ def _records(container: Container, prefix: str) -> list[Record]:
     return out
 
 
-# The shared real-vehicle logs (`--replay car|truck`): DBC and log under the shared data's can/,
-# the signal map under the repository's maps/.
+# The sample real-vehicle logs (`--replay car|truck`) shipped in the package: DBC and log under
+# samples/can/, the signal map under samples/maps/.
 REPLAY_PRESETS = {
     "car": ("canmod-gps.dbc", "css-car-gnss-obd2.candump.log.gz", "css-car-gnss-obd2.yaml"),
     "truck": ("css-j1939-demo.dbc", "css-truck-j1939.candump.log.gz", "css-truck-j1939.yaml"),
 }
-_REPO = Path(__file__).resolve().parents[3]  # src/telemetry/entrypoints/demo.py
-
-
-def _first_dir(candidates: list[Path], inside: str) -> Path | None:
-    return next((c for c in candidates if (c / inside).exists()), None)
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # src/telemetry/samples
 
 
 def _replay_files(args: argparse.Namespace) -> tuple[str, Path, Path, Path | None] | str:
@@ -92,21 +88,8 @@ def _replay_files(args: argparse.Namespace) -> tuple[str, Path, Path, Path | Non
         return "--replay and --log exclude each other"
     if args.replay:
         dbc_name, log_name, map_name = REPLAY_PRESETS[args.replay]
-        env = os.environ.get("TELEMETRY_SHARED_DATA")
-        data = _first_dir(
-            [Path(args.shared_data)] if args.shared_data else
-            ([Path(env)] if env else []) + [Path.cwd().parent / "shared" / "data",
-                                            _REPO.parent / "shared" / "data"],
-            f"can/{log_name}",
-        )
-        maps = _first_dir([Path.cwd() / "maps", _REPO / "maps"], map_name)
-        if data is None:
-            return (f"{log_name} not found: pass --shared-data DIR (the directory holding can/) "
-                    "or set TELEMETRY_SHARED_DATA")
-        if maps is None and not args.map:
-            return f"maps/{map_name} not found: run from the repository or pass --map FILE"
-        dbc, log = data / "can" / dbc_name, data / "can" / log_name
-        map_path: Path | None = Path(args.map) if args.map else (maps or Path()) / map_name
+        dbc, log = SAMPLES / "can" / dbc_name, SAMPLES / "can" / log_name
+        map_path: Path | None = Path(args.map) if args.map else SAMPLES / "maps" / map_name
         name = args.replay
     else:
         if not args.dbc:
@@ -322,9 +305,7 @@ def add_parser(sub: Any) -> None:
         "takes it; --vehicles, --rate, --duration and --seed do not apply.",
     )
     r.add_argument("--replay", choices=sorted(REPLAY_PRESETS),
-                   help="one of the shared logs, with its DBC and the map from maps/")
-    r.add_argument("--shared-data", metavar="DIR", help="the shared data directory (holding "
-                   "can/); default $TELEMETRY_SHARED_DATA, else ../shared/data")
+                   help="one of the sample logs shipped with the package, with its DBC and map")
     r.add_argument("--log", help="another CAN log to replay (with --dbc)")
     r.add_argument("--dbc", help="the DBC for --log")
     r.add_argument("--map", help="signal map for --log (or instead of the preset's)")
