@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from telemetry.entrypoints.cli import main
-from tests.shared_data import shared_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,10 +40,7 @@ def test_demo_with_the_simulated_fleet_passes(tmp_path: Path) -> None:
 
 def test_demo_replaying_the_truck_log_passes(tmp_path: Path) -> None:
     pytest.importorskip("can", reason="the CAN extras are not installed")
-    shared = shared_data("can/css-truck-j1939.candump.log.gz")
-    if shared is None:
-        pytest.skip("shared real-vehicle data not found: set TELEMETRY_SHARED_DATA")
-    out = _demo(tmp_path, "--replay", "truck", "--shared-data", str(shared))
+    out = _demo(tmp_path, "--replay", "truck")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "-> PASS" in out.stdout
     assert "frames=57849 decoded=13991" in out.stdout
