@@ -173,11 +173,15 @@ def test_obd2_reply_ids() -> None:
 
 def test_obd2_is_the_second_decoder_and_the_dbc_wins(dbc: Path) -> None:
     dec = FrameDecoder(load_dbc(dbc))
-    assert dec.decode(frame(0x7E8, bytes.fromhex("03410D3C00000000"))) == {"OBD2.VehicleSpeed": 60}
-    assert dec.decode(frame(0x7E8, bytes.fromhex("1014490201314A34"))) is None
+    speed = [{"OBD2.VehicleSpeed": 60}]
+    assert dec.decode(frame(0x7E8, bytes.fromhex("03410D3C00000000"))) == speed
+    assert dec.decode(frame(0x7E8, bytes.fromhex("037F011200000000"))) == []  # negative reply
     assert dec.stats.obd2 == 1 and dec.stats.obd2_unsupported == 1
+    # The first frame of a multi-frame reply is a fragment, never decoded on its own.
+    assert dec.decode(frame(0x7E8, bytes.fromhex("1014490201314A34"))) == []
+    assert dec.stats.obd2_unsupported == 1 and dec.stats.transport_frames == 1
     off = FrameDecoder(load_dbc(dbc), obd2=False)
-    assert off.decode(frame(0x7E8, bytes.fromhex("03410D3C00000000"))) is None
+    assert off.decode(frame(0x7E8, bytes.fromhex("03410D3C00000000"))) == []
     assert off.stats.unknown == 1
 
 
@@ -186,20 +190,21 @@ def test_obd2_is_the_second_decoder_and_the_dbc_wins(dbc: Path) -> None:
 
 def test_multiplexed_signals_and_choice_labels(dbc: Path) -> None:
     dec = FrameDecoder(load_dbc(dbc))
-    assert dec.decode(frame(100, bytes([1, 0x10, 0x02, 0, 0, 0, 0, 0]))) == pytest.approx(
+    assert dec.decode(frame(100, bytes([1, 0x10, 0x02, 0, 0, 0, 0, 0])))[0] == pytest.approx(
         {"Mux.Sel": 1, "Mux.Temp": 0x0210 * 0.1 - 40}
     )
-    assert dec.decode(frame(100, bytes([2, 1, 0, 0, 0, 0, 0, 0]))) == {
+    assert dec.decode(frame(100, bytes([2, 1, 0, 0, 0, 0, 0, 0]))) == [{
         "Mux.Sel": 2, "Mux.Gear": "Drive"
-    }
+    }]
     raw = FrameDecoder(load_dbc(dbc), raw_choices=True)
-    assert raw.decode(frame(100, bytes([2, 1, 0, 0, 0, 0, 0, 0]))) == {"Mux.Sel": 2, "Mux.Gear": 1}
+    gear = [{"Mux.Sel": 2, "Mux.Gear": 1}]
+    assert raw.decode(frame(100, bytes([2, 1, 0, 0, 0, 0, 0, 0]))) == gear
 
 
 def test_decode_errors_are_counted_never_raised(dbc: Path) -> None:
     dec = FrameDecoder(load_dbc(dbc))
-    assert dec.decode(frame(100, bytes([3, 1, 0, 0, 0, 0, 0, 0]))) is None  # unknown mux value
-    assert dec.decode(frame(100, bytes([1, 2]))) is None  # short frame
+    assert dec.decode(frame(100, bytes([3, 1, 0, 0, 0, 0, 0, 0]))) == []  # unknown mux value
+    assert dec.decode(frame(100, bytes([1, 2]))) == []  # short frame
     assert dec.stats.decode_errors == 2
     assert dec.stats.errors_by_message == {"Mux": 2}
     assert "multiplexer" in dec.stats.first_error["Mux"]
@@ -208,10 +213,10 @@ def test_decode_errors_are_counted_never_raised(dbc: Path) -> None:
 def test_values_breaking_the_reading_rules_are_dropped_and_counted(dbc: Path) -> None:
     dec = FrameDecoder(load_dbc(dbc))
     nan_and_ok = struct.pack("<ff", math.nan, 1.5)
-    assert dec.decode(frame(101, nan_and_ok)) == {"Floats.G": 1.5}
-    assert dec.decode(frame(101, struct.pack("<ff", math.inf, -math.inf))) is None
-    assert dec.decode(frame(100, bytes([2, 2, 0, 0, 0, 0, 0, 0]))) == {"Mux.Sel": 2}  # 300 chars
-    assert dec.decode(frame(102, bytes([7]))) is None  # `_bad.X` is no valid signal name
+    assert dec.decode(frame(101, nan_and_ok)) == [{"Floats.G": 1.5}]
+    assert dec.decode(frame(101, struct.pack("<ff", math.inf, -math.inf))) == []
+    assert dec.decode(frame(100, bytes([2, 2, 0, 0, 0, 0, 0, 0]))) == [{"Mux.Sel": 2}]  # 300 chars
+    assert dec.decode(frame(102, bytes([7]))) == []  # `_bad.X` is no valid signal name
     s = dec.stats
     assert s.dropped == {"not_finite": 3, "string_too_long": 1, "bad_name": 1}
     assert s.no_signals == 2 and s.decoded == 2
@@ -220,9 +225,9 @@ def test_values_breaking_the_reading_rules_are_dropped_and_counted(dbc: Path) ->
 def test_unknown_frames_counted_by_id(dbc: Path) -> None:
     dec = FrameDecoder(load_dbc(dbc))
     for arb_id in (0x123, 0x123, 0x17F00010):
-        assert dec.decode(frame(arb_id, bytes(8))) is None
+        assert dec.decode(frame(arb_id, bytes(8))) == []
     err = can.Message(timestamp=1.7e9, is_error_frame=True)
-    assert dec.decode(err) is None
+    assert dec.decode(err) == []
     assert dec.stats.unknown == 3 and dec.stats.non_data == 1
     assert dec.stats.unknown_ids == {"0x123": 2, "0x17F00010": 1}
 
@@ -230,25 +235,25 @@ def test_unknown_frames_counted_by_id(dbc: Path) -> None:
 def test_j1939_matches_by_pgn_whatever_priority_and_source_address(j1939_dbc: Path) -> None:
     dec = FrameDecoder(load_dbc(j1939_dbc))
     data = bytes.fromhex("607D8448140 0F084".replace(" ", ""))
-    expected = {"EEC1.EngineSpeed": 0x1448 * 0.125}  # 649 rpm
+    expected = [{"EEC1.EngineSpeed": 0x1448 * 0.125}]  # 649 rpm
     assert dec.decode(frame(0x0CF00400, data)) == expected  # priority 3, SA 0x00: as logged
     assert dec.decode(frame(0x18F00417, data)) == expected  # priority 6, SA 0x17
     assert dec.decode(frame(0x0CF004FE, data)) == expected  # the DBC's own id
-    assert dec.decode(frame(0x0CFEF100, bytes(8))) == {"CCVS1.WheelBasedVehicleSpeed": 0.0}
-    assert dec.decode(frame(0x0CF00500, data)) is None  # another PGN
-    assert dec.decode(frame(0x400, data, ext=False)) is None  # 11-bit ids never match by PGN
+    assert dec.decode(frame(0x0CFEF100, bytes(8))) == [{"CCVS1.WheelBasedVehicleSpeed": 0.0}]
+    assert dec.decode(frame(0x0CF00500, data)) == []  # another PGN
+    assert dec.decode(frame(0x400, data, ext=False)) == []  # 11-bit ids never match by PGN
     assert dec.stats.decoded == 4 and dec.stats.unknown == 2
 
 
 def test_pgn_matching_only_for_j1939_messages_unless_forced(dbc: Path) -> None:
     # `Ext` (0x8D0000FE in the DBC: 29-bit 0x0D0000FE) has no J1939 marking: exact id only.
     dec = FrameDecoder(load_dbc(dbc))
-    assert dec.decode(frame(0x0D0000FE, bytes(8))) == {"Ext.V": 0}
-    assert dec.decode(frame(0x0D000017, bytes(8))) is None
+    assert dec.decode(frame(0x0D0000FE, bytes(8))) == [{"Ext.V": 0}]
+    assert dec.decode(frame(0x0D000017, bytes(8))) == []
     forced = FrameDecoder(load_dbc(dbc), pgn_match=True)
-    assert forced.decode(frame(0x0D000017, bytes(8))) == {"Ext.V": 0}
+    assert forced.decode(frame(0x0D000017, bytes(8))) == [{"Ext.V": 0}]
     exact = FrameDecoder(load_dbc(dbc), pgn_match=False)
-    assert exact.decode(frame(0x0D000017, bytes(8))) is None
+    assert exact.decode(frame(0x0D000017, bytes(8))) == []
 
 
 def test_bad_dbc_is_a_clear_error(tmp_path: Path) -> None:
@@ -279,15 +284,15 @@ signals:
 def test_map_renames_converts_and_translates_choice_labels(dbc: Path, tmp_path: Path) -> None:
     (tmp_path / "m.yaml").write_text(MAP_YAML)
     dec = FrameDecoder(load_dbc(dbc), signal_map=SignalMap.load(tmp_path / "m.yaml"))
-    assert dec.decode(frame(103, (1000).to_bytes(2, "little"))) == {"Vehicle.Speed": 36.0}
-    assert dec.decode(frame(100, bytes([2, 0, 0, 0, 0, 0, 0, 0]))) == {
+    assert dec.decode(frame(103, (1000).to_bytes(2, "little"))) == [{"Vehicle.Speed": 36.0}]
+    assert dec.decode(frame(100, bytes([2, 0, 0, 0, 0, 0, 0, 0]))) == [{
         "Mux.Sel": 2, "Vehicle.Powertrain.Transmission.SelectedGear": 126
-    }
+    }]
     # A label the map does not list is dropped, not sent under a VSS name.
-    assert dec.decode(frame(100, bytes([2, 2, 0, 0, 0, 0, 0, 0]))) == {"Mux.Sel": 2}
-    assert dec.decode(frame(101, struct.pack("<ff", 0.0, 1.5))) == {
+    assert dec.decode(frame(100, bytes([2, 2, 0, 0, 0, 0, 0, 0]))) == [{"Mux.Sel": 2}]
+    assert dec.decode(frame(101, struct.pack("<ff", 0.0, 1.5))) == [{
         "Floats.F": 0.0, "Vehicle.Exterior.AirTemperature": 2.0
-    }
+    }]
     assert dec.stats.dropped == {"unmapped_value": 1}
 
 
@@ -295,15 +300,15 @@ def test_json_map_and_dropping_unmapped_signals(dbc: Path, tmp_path: Path) -> No
     p = tmp_path / "m.json"
     p.write_text(json.dumps({"unmapped": "drop", "signals": {"Speed.Mps": "Vehicle.Speed"}}))
     dec = FrameDecoder.from_files(dbc, map_path=p)
-    assert dec.decode(frame(103, (1000).to_bytes(2, "little"))) == {"Vehicle.Speed": 10.0}
-    assert dec.decode(frame(101, bytes(8))) is None
+    assert dec.decode(frame(103, (1000).to_bytes(2, "little"))) == [{"Vehicle.Speed": 10.0}]
+    assert dec.decode(frame(101, bytes(8))) == []
     assert dec.stats.dropped == {"unmapped_signal": 2} and dec.stats.no_signals == 1
 
 
 def test_numeric_conversion_refuses_labels(dbc: Path) -> None:
     m = SignalMap.from_obj({"signals": {"Mux.Gear": {"name": "Vehicle.X", "factor": 2}}})
     dec = FrameDecoder(load_dbc(dbc), signal_map=m)
-    assert dec.decode(frame(100, bytes([2, 1, 0, 0, 0, 0, 0, 0]))) == {"Mux.Sel": 2}
+    assert dec.decode(frame(100, bytes([2, 1, 0, 0, 0, 0, 0, 0]))) == [{"Mux.Sel": 2}]
     assert dec.stats.dropped == {"not_numeric": 1}
 
 
@@ -429,8 +434,8 @@ def test_log_formats_and_gzip(dbc: Path, tmp_path: Path, suffix: str) -> None:
 
 
 def test_unknown_log_format_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(CanLogError, match=r"unknown log format '\.mf4'"):
-        list(read_frames(tmp_path / "x.mf4"))
+    with pytest.raises(CanLogError, match=r"unknown log format '\.csv'"):
+        list(read_frames(tmp_path / "x.csv"))
     with pytest.raises(CanLogError, match="no such file"):
         list(read_frames(tmp_path / "missing.log"))
 
@@ -481,7 +486,7 @@ def test_replay_batches_and_summarises(dbc: Path, tmp_path: Path) -> None:
     assert [len(b) for b in sender.batches] == [5, 5, 2]
     assert len(r.accepted_ids) == 12 and r.summary.accepted == 12
     assert r.stats.unknown == 1 and r.stats.decoded == 12
-    assert replay_cmd.format_stats(r.stats)[1] == "unknown ids: 0x321 x1"
+    assert replay_cmd.format_stats(r.stats)[2] == "unknown ids: 0x321 x1"
 
 
 def test_replay_paces_with_speed(dbc: Path, tmp_path: Path) -> None:

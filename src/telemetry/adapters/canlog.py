@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,14 @@ from cantools.database.can import Database as CanDatabase
 from cantools.database.can import Message as DbcMessage
 from cantools.database.namedsignalvalue import NamedSignalValue
 
+from telemetry.adapters import j1939_dm1 as dm1
+from telemetry.adapters.can_transport import (
+    SINGLE_FRAME,
+    IsoTpTransport,
+    J1939Transport,
+    is_j1939_transport,
+    isotp_frame_type,
+)
 from telemetry.domain.readings import (
     MAX_SIGNAL_NAME,
     MAX_STRING_VALUE,
@@ -74,6 +82,7 @@ _READERS: dict[str, type[can.io.generic.MessageReader]] = {
     ".asc": can.ASCReader,
     ".blf": can.BLFReader,
     ".trc": can.TRCReader,
+    ".mf4": can.MF4Reader,  # ASAM MDF4, finalized or not (needs asammdf, in the `can` extra)
 }
 LOG_FORMATS = tuple(sorted(_READERS))
 
@@ -92,8 +101,8 @@ def _log_format(path: Path) -> tuple[str, bool]:
     return fmt, compressed
 
 
-def read_frames(path: str | Path) -> Iterator[can.Message]:
-    """Every message of a candump (.log), ASC, BLF or TRC log, gzip-compressed or not."""
+def read_frames(path: str | Path) -> Generator[can.Message, None, None]:
+    """Every message of a candump (.log), ASC, BLF, TRC or MF4 log, gzip-compressed or not."""
     p = Path(path)
     fmt, compressed = _log_format(p)
     if not p.is_file():
@@ -111,7 +120,26 @@ def read_frames(path: str | Path) -> Iterator[can.Message]:
                 n += 1
                 yield msg
     except Exception as exc:  # readers raise anything from struct.error to EOFError
-        raise CanLogError(f"{p}: unreadable after {n} frames: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CanLogError(f"{p}: unreadable after {n} frames: {first_line}") from exc
+
+
+def check_log(path: str | Path) -> None:
+    """Refuse, before anything is decoded or sent, a log that holds no CAN frame at all (an
+    MF4 file of measured signals, say, without CAN bus logging)."""
+    frames = read_frames(path)
+    try:
+        next(frames)
+    except StopIteration:
+        raise _no_frames(path) from None
+    finally:
+        frames.close()
+
+
+def _no_frames(path: str | Path) -> CanLogError:
+    what = (" (no CAN data, error or remote frame channel group)"
+            if Path(path).suffix.lower() == ".mf4" else "")
+    return CanLogError(f"{path}: the log holds no CAN frame{what}")
 
 
 class LogSpan(NamedTuple):
@@ -129,7 +157,7 @@ def scan_log(path: str | Path) -> LogSpan:
         last = max(last, msg.timestamp)
         n += 1
     if n == 0:
-        raise CanLogError(f"{path}: the log holds no frame")
+        raise _no_frames(path)
     return LogSpan(n, first, last)
 
 
@@ -170,20 +198,34 @@ def is_obd2_reply(arbitration_id: int, is_extended: bool) -> bool:
     return 0x7E8 <= arbitration_id <= 0x7EF
 
 
-def decode_obd2(data: bytes) -> dict[str, int | float]:
-    """The mode 01 values of one ISO-TP single frame: `len 41 PID A [B ...] [PID A ...]`.
+def decode_obd2(data: bytes) -> dict[str, Value]:
+    """The values of one ISO-TP single frame: `len 41 PID A [B ...] [PID A ...]` (or mode 09).
 
-    Empty for anything else (multi-frame replies, other modes, negative responses, unknown PIDs):
-    without the PID's length the rest of the frame cannot be parsed.
+    Empty for anything else (first and consecutive frames, negative responses, unknown PIDs).
     """
     if len(data) < 3 or data[0] >> 4 != 0:  # high nibble 0: ISO-TP single frame
         return {}
     length = data[0] & 0x0F
-    if length < 2 or length > len(data) - 1 or data[1] != 0x41:
+    if length < 2 or length > len(data) - 1:
         return {}
-    payload = data[2 : 1 + length]
-    out: dict[str, int | float] = {}
-    i = 0
+    return decode_obd2_payload(data[1 : 1 + length])
+
+
+def decode_obd2_payload(payload: bytes) -> dict[str, Value]:
+    """The values of a whole OBD2 reply (ISO-TP payload, single frame or reassembled).
+
+    Mode 01 (`41 PID A [B ...] [PID A ...]`, several PIDs in one reply) by the J1979 formulas;
+    mode 09 PID 02 (`49 02 01` + 17 characters) as `VIN`. Empty for anything else: negative
+    responses, other modes, and from an unknown PID on (without its length the rest of the
+    reply cannot be parsed).
+    """
+    if len(payload) >= 2 and payload[0] == 0x49 and payload[1] == 0x02:
+        vin = payload[3:].strip(b"\x00 ").decode("ascii", "replace")
+        return {"VIN": vin} if len(vin) == 17 and vin.isalnum() else {}
+    if len(payload) < 2 or payload[0] != 0x41:
+        return {}
+    out: dict[str, Value] = {}
+    i = 1
     while i < len(payload):
         pid = OBD2_PIDS.get(payload[i])
         if pid is None or i + 1 + pid.size > len(payload):
@@ -212,7 +254,8 @@ CONVERSIONS: dict[str, tuple[float, float]] = {
     "rad->deg": (180 / math.pi, 0.0),
     "deg->rad": (math.pi / 180, 0.0),
 }
-_SOURCE_RE = re.compile(r"^[^.\s]+\.[^.\s]+$")
+# `<Message>.<Signal>`; the built-in decoders' message names have dots (`J1939.DM1`).
+_SOURCE_RE = re.compile(r"^[^.\s]+(\.[^.\s]+)+$")
 _ENTRY_KEYS = {"name", "convert", "factor", "offset", "round", "values"}
 
 
@@ -326,21 +369,31 @@ def _parse_entry(spec: Any, src: str, fail_map: Callable[[str], CanLogError]) ->
 
 @dataclass
 class DecodeStats:
-    """What happened to every frame and every dropped value.
+    """What happened to every frame, every message and every dropped value.
 
-    frames == decoded + unknown + decode_errors + obd2_unsupported + no_signals + non_data + bad_ts
+    Frames that carry part of a multi-frame transfer (J1939 TP.CM/TP.DT, ISO-TP first,
+    consecutive and flow-control frames) are `transport_frames`; the rest are messages, and so
+    is each message `reassembled` from them:
+
+    frames - transport_frames + reassembled
+        == decoded + unknown + decode_errors + obd2_unsupported + no_signals + non_data + bad_ts
     """
 
     frames: int = 0
-    decoded: int = 0  # frames that produced a reading
-    readings: int = 0  # readings produced (> decoded only when a frame is split)
+    decoded: int = 0  # messages that produced a reading
+    readings: int = 0  # readings produced (> decoded when a message is split, or DM1 DTCs)
     obd2: int = 0  # of `decoded`: by the J1979 decoder
+    dm1: int = 0  # of `decoded`: by the J1939-73 DM1 decoder
     unknown: int = 0  # id neither in the DBC nor an OBD2 reply
     decode_errors: int = 0  # id in the DBC, payload not decodable (length, multiplexer)
     obd2_unsupported: int = 0  # OBD2 replies holding no mode 01 value we know
     no_signals: int = 0  # decoded, but every value was dropped or unmapped
     non_data: int = 0  # error and remote frames
     bad_ts: int = 0  # shifted before 2000-01-01
+    transport_frames: int = 0  # frames of J1939 TP or ISO-TP multi-frame transfers
+    reassembled: int = 0  # messages rebuilt from them
+    stray_frames: int = 0  # of `transport_frames`: of no open transfer
+    transfers_dropped: Counter[str] = field(default_factory=Counter)  # by reason
     unknown_ids: Counter[str] = field(default_factory=Counter)
     errors_by_message: Counter[str] = field(default_factory=Counter)
     first_error: dict[str, str] = field(default_factory=dict)
@@ -349,23 +402,59 @@ class DecodeStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "frames": self.frames, "decoded": self.decoded, "readings": self.readings,
-            "obd2": self.obd2, "unknown": self.unknown, "decode_errors": self.decode_errors,
+            "obd2": self.obd2, "dm1": self.dm1, "unknown": self.unknown,
+            "decode_errors": self.decode_errors,
             "obd2_unsupported": self.obd2_unsupported, "no_signals": self.no_signals,
             "non_data": self.non_data, "bad_ts": self.bad_ts,
+            "transport_frames": self.transport_frames, "reassembled": self.reassembled,
+            "stray_frames": self.stray_frames,
+            "transfers_dropped": dict(self.transfers_dropped),
             "unknown_ids": dict(self.unknown_ids.most_common(10)),
             "errors_by_message": dict(self.errors_by_message),
             "dropped": dict(self.dropped),
         }
 
 
-_Lookup = tuple[Literal["dbc"], DbcMessage] | tuple[Literal["obd2"], None] | None
+_Lookup = (
+    tuple[Literal["dbc"], DbcMessage]
+    | tuple[Literal["obd2"], None]
+    | tuple[Literal["dm1"], None]
+    | None
+)
+# ISO-TP reply ids by default: OBD2 ECUs answering a tester (ISO 15765-4), 11- and 29-bit.
+DEFAULT_ISOTP_IDS: tuple[tuple[int, int], ...] = ((0x7E8, 0x7EF), (0x18DAF100, 0x18DAF1FF))
+DM1_MESSAGE = dm1.PREFIX
+
+
+def parse_id_ranges(text: str) -> tuple[tuple[int, int], ...]:
+    """`0x7E8-0x7EF,0x7BB` -> ((0x7E8, 0x7EF), (0x7BB, 0x7BB)); `none` or `` -> ()."""
+    out = []
+    for part in text.replace(" ", "").split(","):
+        if not part or part.lower() == "none":
+            continue
+        lo_s, _, hi_s = part.partition("-")
+        try:
+            lo, hi = int(lo_s, 0), int(hi_s or lo_s, 0)
+        except ValueError:
+            raise CanLogError(f"{part!r}: expected an id (0x7E8) or a range (0x7E8-0x7EF)"
+                              ) from None
+        if not 0 <= lo <= hi <= 0x1FFFFFFF or (lo <= 0x7FF < hi):
+            raise CanLogError(f"{part!r}: ids are 0-0x7FF (11-bit) or up to 0x1FFFFFFF "
+                              "(29-bit), low to high, a range within one of the two")
+        out.append((lo, hi))
+    return tuple(out)
 
 
 class FrameDecoder:
-    """Frame -> signals, with the DBC, the OBD2 decoder and the signal map. Counts in `stats`.
+    """Frame -> signals, with the transport reassemblers, the DBC, the OBD2 and DM1 decoders
+    and the signal map. Counts in `stats`.
 
     Choice values (DBC `VAL_` tables) become their labels ("Valid", "3D-fix") unless
     `raw_choices`, so the lake holds the meaning and not a DBC-specific code.
+
+    `isotp_ids`: id ranges whose frames are ISO-TP (default `DEFAULT_ISOTP_IDS`), to which the
+    DBC's messages longer than a classic frame are added. `j1939`: reassemble J1939 transfers
+    and decode DM1 (default: when the DBC has J1939 messages, or `pgn_match`).
     """
 
     def __init__(
@@ -376,6 +465,8 @@ class FrameDecoder:
         obd2: bool = True,
         raw_choices: bool = False,
         pgn_match: bool | None = None,
+        isotp_ids: Iterable[tuple[int, int]] | None = None,
+        j1939: bool | None = None,
     ) -> None:
         self.db = db
         self.map = signal_map
@@ -386,13 +477,25 @@ class FrameDecoder:
         self._ext: dict[int, DbcMessage] = {}
         self._pgn: dict[int, DbcMessage] = {}
         db_j1939 = _attr(getattr(db, "dbc", None), "ProtocolType") == "J1939"
+        ranges = list(DEFAULT_ISOTP_IDS if isotp_ids is None else isotp_ids)
         for m in db.messages:
+            by_pgn = m.is_extended_frame and (
+                pgn_match or (pgn_match is None and (m.protocol == "j1939" or db_j1939)))
             if not m.is_extended_frame:
                 self._std[m.frame_id] = m
-            elif pgn_match or (pgn_match is None and (m.protocol == "j1939" or db_j1939)):
+            elif by_pgn:
                 self._pgn.setdefault(m.frame_id & J1939_PGN_MASK, m)
             else:
                 self._ext[m.frame_id] = m
+            # Longer than a classic frame: only a transport protocol carries it (CSS
+            # Electronics' convention for UDS DBC files); J1939 ones come by TP.CM/TP.DT.
+            if m.length > 8 and not m.is_fd and not by_pgn:
+                ranges.append((m.frame_id, m.frame_id))
+        self._isotp_ranges = tuple((lo, hi, hi > 0x7FF) for lo, hi in ranges)
+        self._isotp_cache: dict[tuple[int, bool], bool] = {}
+        self.j1939 = bool(self._pgn) or bool(pgn_match) if j1939 is None else j1939
+        self.j1939_tp = J1939Transport() if self.j1939 else None
+        self.isotp = IsoTpTransport()
         self._lookup_cache: dict[tuple[int, bool], _Lookup] = {}
         self._plans: dict[str, dict[str, _Plan]] = {}
 
@@ -406,69 +509,147 @@ class FrameDecoder:
             **kwargs,
         )
 
+    def is_isotp(self, arbitration_id: int, is_extended: bool) -> bool:
+        key = (arbitration_id, is_extended)
+        found = self._isotp_cache.get(key)
+        if found is None:
+            found = self._isotp_cache[key] = any(
+                lo <= arbitration_id <= hi and ext == is_extended
+                for lo, hi, ext in self._isotp_ranges
+            )
+        return found
+
     def _lookup(self, arbitration_id: int, is_extended: bool) -> _Lookup:
         key = (arbitration_id, is_extended)
         try:
             return self._lookup_cache[key]
         except KeyError:
             pass
+        found: _Lookup = None
+        m = None
         if is_extended:
+            # J1939-73's layout, any number of DTCs: more than a DBC's fixed positions can say.
+            if self.j1939 and dm1.is_dm1(arbitration_id):
+                found = ("dm1", None)
             m = self._ext.get(arbitration_id)
             if m is None:
                 m = self._pgn.get(arbitration_id & J1939_PGN_MASK)
         else:
             m = self._std.get(arbitration_id)
-        found: _Lookup
-        if m is not None:
+        if found is not None:
+            pass
+        elif m is not None:
             found = ("dbc", m)
         elif self.obd2 and is_obd2_reply(arbitration_id, is_extended):
             found = ("obd2", None)
-        else:
-            found = None
         self._lookup_cache[key] = found
         return found
 
-    def decode(self, msg: can.Message) -> Signals | None:
-        """The signals of one frame after the map and the reading rules, or None (counted)."""
+    def decode(self, msg: can.Message) -> list[Signals]:
+        """The signals of what one frame completes (after the map and the reading rules): one
+        set per reading; none for a fragment or a frame skipped (counted)."""
         st = self.stats
         st.frames += 1
         if msg.is_error_frame or msg.is_remote_frame:
             st.non_data += 1
-            return None
-        found = self._lookup(msg.arbitration_id, msg.is_extended_id)
+            return []
+        arb, ext, data = msg.arbitration_id, msg.is_extended_id, bytes(msg.data)
+        if self.j1939_tp is not None and ext and is_j1939_transport(arb):
+            st.transport_frames += 1
+            done = self.j1939_tp.feed(msg.timestamp, msg.channel, arb, data)
+            self._collect()
+            if done is None:
+                return []
+            st.reassembled += 1
+            return self._decode(done.arbitration_id, True, done.data, "tp")
+        if self.is_isotp(arb, ext):
+            kind = isotp_frame_type(data)
+            if kind is not None:
+                if kind != SINGLE_FRAME:
+                    st.transport_frames += 1
+                done = self.isotp.feed(msg.timestamp, msg.channel, arb, ext, data)
+                self._collect()
+                if done is None:
+                    return []
+                if kind != SINGLE_FRAME:
+                    st.reassembled += 1
+                return self._decode(arb, ext, done.data, "isotp")
+        return self._decode(arb, ext, data, "")
+
+    def finish(self, ts: float) -> None:
+        """The log ended at `ts`: transfers still open are dropped and counted."""
+        if self.j1939_tp is not None:
+            self.j1939_tp.close(ts)
+        self.isotp.close(ts)
+        self._collect()
+
+    def _collect(self) -> None:
+        st = self.stats
+        st.transfers_dropped = Counter(self.isotp.dropped)
+        st.stray_frames = self.isotp.stray
+        if self.j1939_tp is not None:
+            st.transfers_dropped.update(self.j1939_tp.dropped)
+            st.stray_frames += self.j1939_tp.stray
+
+    def _decode(self, arb: int, ext: bool, data: bytes,
+                transport: Literal["", "tp", "isotp"]) -> list[Signals]:
+        """One message: a frame, or the payload a transport protocol reassembled."""
+        st = self.stats
+        found = self._lookup(arb, ext)
         if found is None:
             st.unknown += 1
-            width = 8 if msg.is_extended_id else 3
-            st.unknown_ids[f"0x{msg.arbitration_id:0{width}X}"] += 1
-            return None
-        raw: Mapping[str, Any]
+            width = 8 if ext else 3
+            suffix = {"": "", "tp": " (J1939 TP)", "isotp": " (ISO-TP)"}[transport]
+            st.unknown_ids[f"0x{arb:0{width}X}{suffix}"] += 1
+            return []
+        raws: list[Mapping[str, Any]]
         if found[0] == "obd2":
-            raw = decode_obd2(bytes(msg.data))
-            if not raw:
+            raw_obd2 = decode_obd2_payload(data) if transport else decode_obd2(data)
+            if not raw_obd2:
                 st.obd2_unsupported += 1
-                return None
-            message_name = OBD2_MESSAGE
+                return []
+            raws, message_name = [raw_obd2], OBD2_MESSAGE
+        elif found[0] == "dm1":
+            message_name = DM1_MESSAGE
+            parsed = dm1.decode_dm1(data)
+            if parsed is None:
+                self._decode_error(message_name, f"DM1 of {len(data)} bytes, 2 at least")
+                return []
+            raws = list(dm1.dm1_signals(parsed, arb & 0xFF, labels=self.decode_choices))
         else:
             dbc_msg = found[1]
             message_name = dbc_msg.name
+            if transport == "isotp":
+                # CSS Electronics' convention: the payload from byte 1 of the first frame, so
+                # the low byte of the length comes first and the service id is byte 1.
+                data = bytes([len(data) & 0xFF]) + data
             try:
-                decoded = dbc_msg.decode(bytes(msg.data), decode_choices=self.decode_choices)
+                # A reassembled message is as long as its sender made it; a signal the payload
+                # does not reach is absent, not an error.
+                decoded = dbc_msg.decode(data, decode_choices=self.decode_choices,
+                                         allow_truncated=bool(transport))
                 if not isinstance(decoded, dict):  # AUTOSAR container messages
                     raise TypeError("container messages are not supported")
             except Exception as exc:  # any failure (length, multiplexer) is counted, never fatal
-                st.decode_errors += 1
-                st.errors_by_message[message_name] += 1
-                st.first_error.setdefault(message_name, f"{type(exc).__name__}: {exc}"[:200])
-                return None
-            raw = decoded
-        out = self._apply(message_name, raw)
-        if not out:
+                self._decode_error(message_name, f"{type(exc).__name__}: {exc}")
+                return []
+            raws = [decoded]
+        outs = [out for out in (self._apply(message_name, raw) for raw in raws) if out]
+        if not outs:
             st.no_signals += 1
-            return None
+            return []
         st.decoded += 1
         if found[0] == "obd2":
             st.obd2 += 1
-        return out
+        elif found[0] == "dm1":
+            st.dm1 += 1
+        return outs
+
+    def _decode_error(self, message_name: str, error: str) -> None:
+        st = self.stats
+        st.decode_errors += 1
+        st.errors_by_message[message_name] += 1
+        st.first_error.setdefault(message_name, error[:200])
 
     def _plan(self, message: str, signal: str) -> _Plan:
         source = f"{message}.{signal}"
@@ -588,7 +769,9 @@ def replay_readings(
     now: datetime | None = None,
     span: LogSpan | None = None,
 ) -> Iterator[TimedReading]:
-    """One reading per decoded frame of `log`, `ts` from the frame, shifted per `time`.
+    """One reading per decoded message of `log` (a frame, or a message reassembled from a
+    transport protocol's frames, timed by its last frame; a DM1 gives one per DTC), `ts` from
+    the message, shifted per `time`.
 
     `original` keeps the log clock (RelativeClockError if the log starts before 2000, i.e. it
     counts seconds since boot); `now` shifts so the latest frame is `now` (one extra pass over
@@ -602,6 +785,7 @@ def replay_readings(
         raise CanLogError(f"time must be 'original', 'now' or a datetime, not {time!r}")
     stats = decoder.stats
     fmt_ts = _TsFormatter()
+    last = -math.inf
     for msg in read_frames(log):
         t = msg.timestamp
         if offset is None:
@@ -620,13 +804,17 @@ def replay_readings(
             stats.frames += 1
             stats.bad_ts += 1
             continue
-        signals = decoder.decode(msg)
-        if signals is None:
+        last = max(last, t)
+        messages = decoder.decode(msg)
+        if not messages:
             continue
         ts = fmt_ts(shifted)
-        for chunk in _chunks(signals):
-            stats.readings += 1
-            yield TimedReading(t, {"vehicle_id": vehicle_id, "ts": ts, "signals": chunk})
+        for signals in messages:
+            for chunk in _chunks(signals):
+                stats.readings += 1
+                yield TimedReading(t, {"vehicle_id": vehicle_id, "ts": ts, "signals": chunk})
+    if last > -math.inf:
+        decoder.finish(last)
 
 
 class _TsFormatter:

@@ -25,6 +25,8 @@ from telemetry.adapters.canlog import (
     FrameDecoder,
     LogSpan,
     TimeMode,
+    check_log,
+    parse_id_ranges,
     replay_readings,
     scan_log,
 )
@@ -113,16 +115,21 @@ def replay(
     dry_run: TextIO | None = None,
     progress: bool = False,
     limit: int | None = None,
+    isotp_ids: tuple[tuple[int, int], ...] | None = None,
 ) -> ReplayResult:
     """Decode `log` and post its readings in requests of `batch`; `speed` None = max.
 
     `limit` stops after that many readings: the first N of the log, the same N every time.
+    `isotp_ids` replaces the default ISO-TP reply ids (the OBD2 ones), as id ranges.
 
     `client` overrides the HTTP client (and is not closed here); `dry_run` writes the readings
     as NDJSON to that stream instead of sending them. Raises CanLogError for unusable files.
     """
-    decoder = FrameDecoder.from_files(dbc, map_path=map_path, raw_choices=raw_choices)
+    decoder = FrameDecoder.from_files(dbc, map_path=map_path, raw_choices=raw_choices,
+                                      isotp_ids=isotp_ids)
     span = scan_log(log) if time_mode == "now" or progress else None
+    if span is None:
+        check_log(log)
     own_client = client is None and dry_run is None
     sender: Sender | None = IngestClient(url, api_key) if own_client else client
     result = ReplayResult(decoder.stats, ClientSummary(), 0.0)
@@ -245,19 +252,27 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _id_ranges(value: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return parse_id_ranges(value)
+    except CanLogError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_parser(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "replay",
         help="decode a real CAN log with a DBC file and post its readings",
-        description="Decode a CAN log (candump .log, .asc, .blf, .trc; .gz too) with a DBC "
-        "file (29-bit J1939 ids matched by PGN; OBD2 mode 01 replies decoded by SAE J1979) "
-        "and post one reading per decoded frame, ts from the frame. Signals are named "
+        description="Decode a CAN log (candump .log, .asc, .blf, .trc, .mf4; .gz too) with a "
+        "DBC file (29-bit J1939 ids matched by PGN, J1939 multi-packet messages and ISO-TP "
+        "replies reassembled; OBD2 replies decoded by SAE J1979, J1939 DM1 by J1939-73) "
+        "and post one reading per decoded message, ts from its last frame. Signals are named "
         "<Message>.<Signal> unless --map renames them. Ends with a summary: frames decoded "
         "and skipped, then sent, accepted, rejected, retries. See docs/replay.md.",
     )
     p.add_argument("--dbc", required=True, help="CAN database (DBC; KCD, SYM, ARXML work too)")
     p.add_argument("--log", required=True, help="CAN log: .log (candump), .asc, .blf, .trc, "
-                   "optionally .gz")
+                   ".mf4 (finalized or not), optionally .gz")
     p.add_argument("--vehicle-id", required=True, help="vehicle_id of every reading")
     p.add_argument("--map", dest="map_path", help="YAML or JSON signal map: rename "
                    "<Message>.<Signal> to VSS names, convert units (see maps/)")
@@ -274,6 +289,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--batch", type=_positive_int, default=500, help="readings per request")
     p.add_argument("--limit", type=_positive_int, metavar="N",
                    help="send only the first N readings of the log (a deterministic slice)")
+    p.add_argument("--isotp-ids", type=_id_ranges, metavar="IDS",
+                   help="ISO-TP reply ids to reassemble, as 0x7E8-0x7EF,0x7BB (default: the "
+                   "OBD2 replies 0x7E8-0x7EF and 0x18DAF100-0x18DAF1FF; none: only the DBC's "
+                   "messages longer than 8 bytes)")
     p.add_argument("--raw-choices", action="store_true",
                    help="send DBC choice values as numbers instead of their labels")
     p.add_argument("--dry-run", action="store_true",
@@ -285,10 +304,15 @@ def add_parser(subparsers: Any) -> None:
 def format_stats(s: DecodeStats) -> list[str]:
     lines = [
         f"frames={s.frames} decoded={s.decoded} readings={s.readings} obd2={s.obd2} "
-        f"unknown={s.unknown} decode_errors={s.decode_errors} "
+        f"dm1={s.dm1} unknown={s.unknown} decode_errors={s.decode_errors} "
         f"obd2_unsupported={s.obd2_unsupported} no_signals={s.no_signals} "
-        f"non_data={s.non_data} bad_ts={s.bad_ts}"
+        f"non_data={s.non_data} bad_ts={s.bad_ts}",
+        f"transport_frames={s.transport_frames} reassembled={s.reassembled} "
+        f"transfers_dropped={s.transfers_dropped.total()} stray_frames={s.stray_frames}",
     ]
+    if s.transfers_dropped:
+        lines.append("transfers dropped: " + ", ".join(
+            f"{k}={n}" for k, n in sorted(s.transfers_dropped.items())))
     if s.unknown_ids:
         top = ", ".join(f"{k} x{n}" for k, n in s.unknown_ids.most_common(5))
         more = len(s.unknown_ids) - 5
@@ -320,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
             time_mode=args.time_mode, speed=args.speed, batch=args.batch, url=args.url,
             api_key=args.api_key or "", raw_choices=bool(getattr(args, "raw_choices", False)),
             dry_run=sys.stdout if dry_run else None, progress=err.isatty(),
-            limit=getattr(args, "limit", None),
+            limit=getattr(args, "limit", None), isotp_ids=getattr(args, "isotp_ids", None),
         )
     except CanLogError as exc:
         print(f"telemetry replay: {exc}", file=err)
