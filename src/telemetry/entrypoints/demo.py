@@ -73,12 +73,14 @@ def _records(container: Container, prefix: str) -> list[Record]:
     return out
 
 
-# The sample real-vehicle logs (`--replay car|truck`) shipped in the package: DBC and log under
-# samples/can/, the signal map under samples/maps/.
+# The sample real-vehicle logs (`--replay car|truck|kona`) shipped in the package: DBC and log
+# under samples/can/, the signal map under samples/maps/.
 REPLAY_PRESETS = {
     "car": ("canmod-gps.dbc", "css-car-gnss-obd2.candump.log.gz", "css-car-gnss-obd2.yaml"),
     "truck": ("css-j1939-demo.dbc", "css-truck-j1939.candump.log.gz", "css-truck-j1939.yaml"),
+    "kona": ("css-uds-kona-ev.dbc", "css-kona-ev-uds.mf4", "css-kona-ev-uds.yaml"),
 }
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # src/telemetry/samples
 
 
@@ -268,11 +270,16 @@ def _report(container: Container, sim: Any, stats: Any, results: Any, prefix: st
     if rows:
         hour = rows[0].hour
         print(f"\nper-vehicle counts for hour {hour:%Y-%m-%dT%H}Z (first 10 vehicles):")
-        print(f"  {'vehicle':<18} {'readings':>8}  {'mean km/h':>9}  first_ts .. last_ts")
+        # An electric vehicle's state of charge is its headline, where it has one (the Kona).
+        soc = any(SOC in r.signals for r in rows)
+        print(f"  {'vehicle':<18} {'readings':>8}  {'mean km/h':>9}  "
+              + (f"{'mean SoC %':>10}  " if soc else "") + "first_ts .. last_ts")
         for line in [r for r in rows if r.hour == hour][:10]:
             sp = line.signals.get("Vehicle.Speed", {}).get("mean", float("nan"))
+            charge = line.signals.get(SOC, {}).get("mean", float("nan"))
             print(f"  {line.vehicle_id:<18} {line.readings:>8}  {sp:>9.1f}  "
-                  f"{line.first_ts:%H:%M:%S} .. {line.last_ts:%H:%M:%S}")
+                  + (f"{charge:>10.1f}  " if soc else "")
+                  + f"{line.first_ts:%H:%M:%S} .. {line.last_ts:%H:%M:%S}")
     ok = not missing and not unexpected and not miscounted and s.accepted > 0
     print()
     print(f"self-check: missing {len(missing)}, unexpected {len(unexpected)}, "
