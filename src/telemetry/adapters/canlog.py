@@ -432,9 +432,9 @@ def parse_id_ranges(text: str) -> tuple[tuple[int, int], ...]:
     for part in text.replace(" ", "").split(","):
         if not part or part.lower() == "none":
             continue
-        lo_s, _, hi_s = part.partition("-")
+        lo_s, dash, hi_s = part.partition("-")
         try:
-            lo, hi = int(lo_s, 0), int(hi_s or lo_s, 0)
+            lo, hi = int(lo_s, 0), int(hi_s if dash else lo_s, 0)
         except ValueError:
             raise CanLogError(f"{part!r}: expected an id (0x7E8) or a range (0x7E8-0x7EF)"
                               ) from None
