@@ -58,6 +58,11 @@ CAR = {"dbc": CAN / "canmod-gps.dbc", "log": CAN / "css-car-gnss-obd2.candump.lo
        "map": MAPS / "css-car-gnss-obd2.yaml"}
 TRUCK = {"dbc": CAN / "css-j1939-demo.dbc", "log": CAN / "css-truck-j1939.candump.log.gz",
          "map": MAPS / "css-truck-j1939.yaml"}
+TRUCK_MF4 = {**TRUCK, "log": CAN / "css-truck-j1939.mf4"}
+KONA = {"dbc": CAN / "css-uds-kona-ev.dbc", "log": CAN / "css-kona-ev-uds.mf4",
+        "map": MAPS / "css-kona-ev-uds.yaml"}
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+OUTDOOR = "Vehicle.Exterior.AirTemperature"
 
 SPEED = "Vehicle.Speed"
 RPM = "Vehicle.Powertrain.CombustionEngine.Speed"
@@ -151,9 +156,28 @@ def test_car_readings_follow_the_contract(car: Decoded) -> None:
 
 def test_truck_frames_decoded_and_skipped(truck: Decoded) -> None:
     s = truck.stats
-    assert (s.frames, s.decoded, s.unknown, s.decode_errors, s.obd2) == (57849, 13991, 43858, 0, 0)
+    # EEC1 12,719 + CCVS1 1,272 frames, and 127 DM1 messages of 4 DTCs each (by BAM).
+    assert (s.frames, s.decoded, s.readings, s.unknown, s.decode_errors, s.obd2, s.dm1) == (
+        57849, 14118, 14499, 43200, 0, 0, 127)
     assert s.unknown_ids["0x009"] == 11358  # 11-bit frames from another module
-    assert s.unknown_ids["0x1CEBFF00"] == 531  # J1939 transport protocol, not in the DBC
+    # BAMs: 127 DM1 (3 packets) and 25 EC1 (PGN 0xFEE3, 6 packets, not in the DBC); none broken.
+    assert (s.transport_frames, s.reassembled) == (127 * 4 + 25 * 7, 152)
+    assert s.unknown_ids["0x1CFEE300 (J1939 TP)"] == 25
+    assert s.transfers_dropped == {} and s.stray_frames == 0
+    assert s.frames - s.transport_frames + s.reassembled == (
+        s.decoded + s.unknown + s.decode_errors + s.obd2_unsupported + s.no_signals
+        + s.non_data + s.bad_ts)
+
+
+def test_truck_active_dtcs_from_dm1(truck: Decoded) -> None:
+    dtcs = Counter((r["signals"]["J1939.DM1.SourceAddress"], r["signals"]["J1939.DM1.SPN"],
+                    r["signals"]["J1939.DM1.FMI"]) for _, r in truck.readings
+                   if "J1939.DM1.SPN" in r["signals"])
+    # The engine (source 0x00) reports the same four codes every second, the MIL on.
+    assert dtcs == {(0, 980, 9): 127, (0, 3216, 20): 127, (0, 609, 9): 127, (0, 609, 12): 127}
+    lamps = {r["signals"]["J1939.DM1.MalfunctionIndicatorLamp"] for _, r in truck.readings
+             if "J1939.DM1.SPN" in r["signals"]}
+    assert lamps == {"On"}
 
 
 def test_truck_idles_at_650_rpm_and_stands_still(truck: Decoded) -> None:
@@ -175,7 +199,66 @@ def test_j1939_pgn_matching_ignores_priority_and_source_address() -> None:
         by_pgn.decode(msg)
         exact.decode(msg)
     assert by_pgn.stats.decoded > 1000 and exact.stats.decoded == 0
-    assert by_pgn.stats.unknown + by_pgn.stats.decoded == exact.stats.unknown == 5000
+    s = by_pgn.stats
+    assert s.unknown + s.decoded + s.transport_frames - s.reassembled == 5000
+    assert exact.stats.unknown == 5000
+
+
+# ------------------------------------------------------------------ the MF4 files
+
+
+def test_truck_mf4_every_eec1_and_ccvs1_frame_as_cantools_decodes_it() -> None:
+    pytest.importorskip("asammdf", reason="the CAN extras (asammdf) are not installed")
+    db = load_dbc(TRUCK_MF4["dbc"])
+    by_pgn = {m.frame_id & 0x03FFFF00: m for m in db.messages}
+    names = {"EEC1.EngineSpeed": RPM, "CCVS1.WheelBasedVehicleSpeed": SPEED}
+    expected = []
+    for msg in read_frames(TRUCK_MF4["log"]):  # the logger's file: unfinalized, `UnFinMF`
+        m = by_pgn.get(msg.arbitration_id & 0x03FFFF00)
+        if m is not None:
+            values = m.decode(bytes(msg.data))
+            expected.append((msg.timestamp, {names[f"{m.name}.{k}"]: v
+                                             for k, v in values.items()}))
+    assert Counter(next(iter(v)) for _, v in expected) == {RPM: 577, SPEED: 184}
+    got = _decode(TRUCK_MF4)
+    assert [(t, r["signals"]) for t, r in got.readings] == expected
+    s = got.stats
+    assert (s.frames, s.decoded, s.transport_frames, s.reassembled) == (1815, 761, 80, 16)
+    assert s.transfers_dropped == {}  # 16 BAMs (EC1, VI), whole, not in the DBC
+
+
+def _complete_replies(log: Path) -> dict[int, list[float]]:
+    """When each complete ISO-TP reply of the log ended, per id: counted here by hand."""
+    done: dict[int, list[float]] = {}
+    need: dict[int, tuple[int, int]] = {}  # id -> (bytes still due, next sequence number)
+    for msg in read_frames(log):
+        d, arb = bytes(msg.data), msg.arbitration_id
+        if d[0] >> 4 == 1:
+            need[arb] = (((d[0] & 0xF) << 8 | d[1]) - 6, 1)
+        elif d[0] >> 4 == 2 and arb in need:
+            left, sn = need.pop(arb)
+            if d[0] & 0xF == sn:
+                if left <= 7:
+                    done.setdefault(arb, []).append(msg.timestamp)
+                else:
+                    need[arb] = (left - 7, (sn + 1) & 0xF)
+    return done
+
+
+def test_kona_state_of_charge_and_outdoor_temperature_from_every_complete_reply() -> None:
+    pytest.importorskip("asammdf", reason="the CAN extras (asammdf) are not installed")
+    kona = _decode(KONA)
+    complete = _complete_replies(KONA["log"])
+    assert {k: len(v) for k, v in complete.items()} == {0x7EC: 120, 0x7BB: 150}
+    # One reading per complete reply, timed by its last frame, holding the value.
+    assert kona.series(SOC) == [(t, 50.0) for t in complete[0x7EC]]
+    assert kona.series(OUTDOOR) == [(t, 7.0) for t in complete[0x7BB]]
+    assert len(kona.readings) == 270
+    s = kona.stats
+    assert (s.frames, s.transport_frames, s.reassembled, s.decoded) == (2010, 2010, 270, 270)
+    # 30 first frames on 0x7EC with no consecutive frame after them; the last ends the log.
+    assert s.transfers_dropped == {"interrupted": 29, "incomplete": 1}
+    assert s.dropped == {"unmapped_signal": 540}  # the `service` and `response` multiplexers
 
 
 # ------------------------------------------------------------------ maps against VSS
@@ -197,7 +280,7 @@ def test_map_targets_are_vss_signals(map_file: Path, vss: dict[str, dict[str, st
         assert vss[name]["Type"] in ("sensor", "actuator", "attribute"), name  # not a branch
 
 
-@pytest.mark.parametrize("spec", [CAR, TRUCK], ids=["car", "truck"])
+@pytest.mark.parametrize("spec", [CAR, TRUCK, KONA], ids=["car", "truck", "kona"])
 def test_map_sources_exist_in_the_dbc_or_the_obd2_decoder(spec: dict[str, Path]) -> None:
     known = {f"{m.name}.{s.name}" for m in load_dbc(spec["dbc"]).messages for s in m.signals}
     known |= {f"{OBD2_MESSAGE}.{p.name}" for p in OBD2_PIDS.values()}
@@ -235,8 +318,8 @@ def test_replay_truck_now_in_batches() -> None:
     before = datetime.now(UTC)
     r = replay(dbc=TRUCK["dbc"], log=TRUCK["log"], vehicle_id="truck-1",
                map_path=TRUCK["map"], time_mode="now", batch=500, client=sender)
-    assert r.summary.accepted == r.stats.readings == 13991
-    assert [len(b) for b in sender.batches] == [500] * 27 + [491]
+    assert r.summary.accepted == r.stats.readings == 14499
+    assert [len(b) for b in sender.batches] == [500] * 28 + [499]
     last = max(datetime.fromisoformat(x["ts"]) for b in sender.batches for x in b)
     first = min(datetime.fromisoformat(x["ts"]) for b in sender.batches for x in b)
     # The log ends now (its very last frame is an unknown id, 2 ms after the last reading).
