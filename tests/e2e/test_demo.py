@@ -43,14 +43,27 @@ def test_demo_replaying_the_truck_log_passes(tmp_path: Path) -> None:
     out = _demo(tmp_path, "--replay", "truck")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "-> PASS" in out.stdout
-    assert "frames=57849 decoded=13991" in out.stdout
-    assert _number(out.stdout, "accepted \\(202\\)") == 13991
-    assert _number(out.stdout, "stored in the lake") == 13991
+    assert "frames=57849 decoded=14118" in out.stdout
+    assert _number(out.stdout, "accepted \\(202\\)") == 14499  # with 508 DM1 DTC readings
+    assert _number(out.stdout, "stored in the lake") == 14499
     # One vehicle, standing. The table shows the first hour only: a replay that crosses an hour
     # boundary (it ends about now) shows part of the readings, so the count is not checked here.
     table = out.stdout.split("per-vehicle counts for hour", 1)[1].split("self-check", 1)[0]
     rows = re.findall(r"^  (demo-\S+)\s+([\d]+)\s+(\S+) ", table, re.MULTILINE)
     assert [(v.endswith("-truck"), speed) for v, _, speed in rows] == [(True, "0.0")], table
+
+
+def test_demo_replaying_the_kona_mf4_reports_its_state_of_charge(tmp_path: Path) -> None:
+    pytest.importorskip("asammdf", reason="the CAN extras are not installed")
+    out = _demo(tmp_path, "--replay", "kona")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "-> PASS" in out.stdout
+    assert "reassembled=270" in out.stdout
+    assert _number(out.stdout, "stored in the lake") == 270
+    table = out.stdout.split("per-vehicle counts for hour", 1)[1].split("self-check", 1)[0]
+    assert "mean SoC %" in table
+    rows = re.findall(r"^  (demo-\S+)\s+(\d+)\s+(\S+)\s+(\S+) ", table, re.MULTILINE)
+    assert [(v.endswith("-kona"), soc) for v, _, _, soc in rows] == [(True, "50.0")], table
 
 
 def test_demo_replay_refuses_missing_files_before_starting(

@@ -3,7 +3,8 @@
 process started as a user would.
 
 One pipeline for the module (starting processes is most of the cost): the truck log in full, a
-deterministic slice of the car log (`--limit`), a tiny log with a relative clock replayed twice
+deterministic slice of the car log (`--limit`), the two loggers' MF4 files (the truck's J1939,
+the Kona EV's UDS replies over ISO-TP), a tiny log with a relative clock replayed twice
 (`--time now`, `--time <RFC 3339>`), and a simulated fleet with connectivity gaps and lost
 responses, each under its own vehicle ids.
 """
@@ -34,7 +35,7 @@ from tests.shared_data import shared_data
 pytest.importorskip("can", reason="the CAN extras (python-can, cantools) are not installed")
 pytest.importorskip("cantools", reason="the CAN extras (python-can, cantools) are not installed")
 
-from telemetry.adapters.canlog import FrameDecoder, replay_readings
+from telemetry.adapters.canlog import FrameDecoder, load_dbc, read_frames, replay_readings
 from telemetry.adapters.ingest_client import ensure_reading_id
 from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.readings import derive_reading_id
@@ -57,6 +58,17 @@ TRUCK = {"dbc": CAN / "css-j1939-demo.dbc", "log": CAN / "css-truck-j1939.candum
          "map": REPO / "src" / "telemetry" / "samples" / "maps" / "css-truck-j1939.yaml"}
 CAR = {"dbc": CAN / "canmod-gps.dbc", "log": CAN / "css-car-gnss-obd2.candump.log.gz",
        "map": REPO / "src" / "telemetry" / "samples" / "maps" / "css-car-gnss-obd2.yaml"}
+TRUCK_MF4 = {**TRUCK, "log": CAN / "css-truck-j1939.mf4"}
+KONA = {"dbc": CAN / "css-uds-kona-ev.dbc", "log": CAN / "css-kona-ev-uds.mf4",
+        "map": REPO / "src" / "telemetry" / "samples" / "maps" / "css-kona-ev-uds.yaml"}
+SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
+OUTDOOR = "Vehicle.Exterior.AirTemperature"
+TRUCK_READINGS = 14499  # EEC1 12,719 + CCVS1 1,272 + 4 DTCs in each of 127 DM1 messages
+DM1 = {"J1939.DM1.SourceAddress", "J1939.DM1.ActiveDTCs", "J1939.DM1.SPN", "J1939.DM1.FMI",
+       "J1939.DM1.OccurrenceCount", "J1939.DM1.ConversionMethod"} | {
+    f"J1939.DM1.{lamp}{flash}" for lamp in ("MalfunctionIndicatorLamp", "RedStopLamp",
+                                            "AmberWarningLamp", "ProtectLamp")
+    for flash in ("", "Flash")}
 CAR_LIMIT = 20_000  # the first ~165 s of the drive; the whole log takes ~4x as long
 SPEED = "Vehicle.Speed"
 RPM = "Vehicle.Powertrain.CombustionEngine.Speed"
@@ -78,6 +90,7 @@ class Replayed:
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     aggregates: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     car_start: datetime = EPOCH
+    mf4_start: datetime = EPOCH  # the truck MF4's and the Kona's
     tiny_start: datetime = EPOCH
     tiny_now: tuple[datetime, datetime] = (EPOCH, EPOCH)  # before and after that replay
 
@@ -143,7 +156,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
     p = Pipeline(tmp, env)
     r = Replayed(p)
     try:
-        key = _key(p, ["truck-*", "car-*", "tiny-*", "sim-*"])
+        key = _key(p, ["truck-*", "car-*", "tiny-*", "sim-*", "kona-*"])
         worker = p.start("worker", log_name="worker")  # starts up while serve does
         p.serve()
         # The truck alone, so its summary's rate is the pipeline's throughput.
@@ -152,6 +165,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
         # fixed instant, so its readings (and content-hash ids) can be derived here exactly;
         # the log is 600 s long, so all of it stays in the past.
         r.car_start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=15)
+        r.mf4_start = r.car_start
         r.tiny_start = datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)
         tiny = {**TRUCK, "log": _tiny_log(tmp / "relative.candump.log")}
         before = datetime.now(UTC)
@@ -161,6 +175,9 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
             "tiny-now": _replay(p, key, tiny, "tiny-now", "--time", "now"),
             "tiny-at": _replay(p, key, tiny, "tiny-at", "--time", _rfc3339(r.tiny_start)),
             "sim": _simulate(p, key),
+            "truck-mf4": _replay(p, key, TRUCK_MF4, "truck-mf4", "--time",
+                                 _rfc3339(r.mf4_start)),
+            "kona": _replay(p, key, KONA, "kona-1", "--time", _rfc3339(r.mf4_start)),
         }
         r.runs.update({name: _finish(proc) for name, proc in procs.items()})
         r.tiny_now = (before, datetime.now(UTC))
@@ -229,18 +246,20 @@ def _stat(rows: list[dict[str, Any]], name: str) -> dict[str, float]:
 
 def test_truck_log_replays_whole_into_the_lake_with_vss_names(replayed: Replayed) -> None:
     s = replayed.summary("truck")
-    assert (s["frames"], s["decoded"], s["unknown"], s["decode_errors"]) == (57849, 13991,
-                                                                              43858, 0)
-    assert (s["sent"], s["accepted"], s["rejected"]) == (13991, 13991, 0)
+    assert (s["frames"], s["decoded"], s["unknown"], s["decode_errors"]) == (57849, 14118,
+                                                                              43200, 0)
+    assert (s["transport_frames"], s["reassembled"], s["transfers_dropped"]) == (683, 152, 0)
+    n = TRUCK_READINGS
+    assert (s["readings"], s["sent"], s["accepted"], s["rejected"]) == (n, n, n, 0)
 
     stored = replayed.records["truck-1"]
     expected = _truck()
-    assert len(stored) == len(expected) == 13991
-    assert len({r["reading_id"] for r in stored}) == 13991  # each frame once, none lost
+    assert len(stored) == len(expected) == n
+    assert len({r["reading_id"] for r in stored}) == n  # each reading once, none lost
     for rec in stored:  # the id the replayer derived is the content hash of what was stored
         ts = datetime.fromisoformat(rec["ts"])
         assert rec["reading_id"] == derive_reading_id(rec["vehicle_id"], ts, rec["signals"])
-    assert {n for r in stored for n in r["signals"]} == {RPM, SPEED}
+    assert {name for r in stored for name in r["signals"]} == {RPM, SPEED} | DM1
 
     # Frame by frame the same signals, every ts moved by one constant offset (`--time now`).
     def order(r: dict[str, Any]) -> tuple[int, str]:
@@ -258,7 +277,7 @@ def test_truck_log_replays_whole_into_the_lake_with_vss_names(replayed: Replayed
 
 def test_truck_aggregates_idle_engine_and_standstill(replayed: Replayed) -> None:
     rows = replayed.aggregates["truck-1"]
-    assert sum(r["readings"] for r in rows) == 13991  # counted once, across 1-2 hours
+    assert sum(r["readings"] for r in rows) == TRUCK_READINGS  # counted once, in 1-2 hours
     rpm = _stat(rows, RPM)
     speed = _stat(rows, SPEED)
     expected = [r["signals"][RPM] for r in _truck() if RPM in r["signals"]]
@@ -267,6 +286,63 @@ def test_truck_aggregates_idle_engine_and_standstill(replayed: Replayed) -> None
     assert rpm["mean"] == pytest.approx(650, abs=10)  # a parked truck, idling
     assert speed["count"] == 1272
     assert speed["max"] == speed["min"] == 0
+
+
+# ------------------------------------------------------------------ the MF4 files
+
+
+def _shifted(spec: dict[str, Path], start: datetime) -> list[tuple[int, str]]:
+    """(ts in us, signals) of what the log decodes to, shifted to `start`, in order."""
+    return sorted((_us(r["ts"]), json.dumps(r["signals"], sort_keys=True))
+                  for r in _decoded(spec, "x", start))
+
+
+def _stored(replayed: Replayed, vehicle: str) -> list[tuple[int, str]]:
+    return sorted((_us(r["ts"]), json.dumps(r["signals"], sort_keys=True))
+                  for r in replayed.records[vehicle])
+
+
+def test_truck_mf4_every_eec1_and_ccvs1_frame_stored_as_cantools_decodes_it(
+    replayed: Replayed,
+) -> None:
+    db = load_dbc(TRUCK_MF4["dbc"])
+    by_pgn = {m.frame_id & 0x03FFFF00: m for m in db.messages}
+    names = {"EngineSpeed": RPM, "WheelBasedVehicleSpeed": SPEED}
+    frames = list(read_frames(TRUCK_MF4["log"]))
+    shift = _us(_rfc3339(replayed.mf4_start)) - round(frames[0].timestamp * 1e6)
+    want = []
+    for f in frames:
+        m = by_pgn.get(f.arbitration_id & 0x03FFFF00)
+        if m is not None:
+            values = {names[k]: v for k, v in m.decode(bytes(f.data)).items()}
+            want.append((round(f.timestamp * 1e6) + shift, json.dumps(values, sort_keys=True)))
+    want.sort()
+    got = _stored(replayed, "truck-mf4")
+    assert len(got) == len(want) == 577 + 184
+    assert [g[1] for g in got] == [w[1] for w in want]
+    assert all(abs(g[0] - w[0]) <= 1 for g, w in zip(got, want, strict=True))
+    s = replayed.summary("truck-mf4")
+    assert (s["frames"], s["accepted"], s["reassembled"], s["transfers_dropped"]) == (
+        1815, 761, 16, 0)
+
+
+def test_kona_state_of_charge_and_outdoor_temperature_from_every_complete_reply(
+    replayed: Replayed,
+) -> None:
+    stored = replayed.records["kona-1"]
+    assert _stored(replayed, "kona-1") == _shifted(KONA, replayed.mf4_start)
+    soc = [r["signals"][SOC] for r in stored if SOC in r["signals"]]
+    outdoor = [r["signals"][OUTDOOR] for r in stored if OUTDOOR in r["signals"]]
+    # 120 complete battery replies (30 more first frames got no consecutive frames), 150
+    # climate replies: every one stored with its value.
+    assert (soc, outdoor) == ([50.0] * 120, [7.0] * 150)
+    rows = replayed.aggregates["kona-1"]
+    assert sum(r["readings"] for r in rows) == 270
+    assert _stat(rows, SOC) == {"count": 120, "min": 50.0, "max": 50.0, "mean": 50.0}
+    assert _stat(rows, OUTDOOR) == {"count": 150, "min": 7.0, "max": 7.0, "mean": 7.0}
+    s = replayed.summary("kona")
+    assert (s["transport_frames"], s["reassembled"], s["interrupted"], s["incomplete"]) == (
+        2010, 270, 29, 1)
 
 
 # ------------------------------------------------------------------ the car: a slice
