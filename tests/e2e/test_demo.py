@@ -76,4 +76,10 @@ def test_demo_replay_refuses_missing_files_before_starting(
     assert "x.dbc: no such file" in capsys.readouterr().err
     assert main(["demo", "--log", str(tmp_path / "nope.log")]) == 2
     assert "--log needs --dbc" in capsys.readouterr().err
+    # A log without a single CAN frame (here an empty candump file) is refused up front too.
+    (tmp_path / "x.dbc").write_text('VERSION ""\n\nNS_ :\n\nBS_:\n\nBU_:\n')
+    (tmp_path / "empty.log").write_text("")
+    assert main(["demo", "--log", str(tmp_path / "empty.log"), "--dbc",
+                 str(tmp_path / "x.dbc")]) == 2
+    assert "holds no CAN frame" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()

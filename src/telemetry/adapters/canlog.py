@@ -493,7 +493,7 @@ class FrameDecoder:
                 ranges.append((m.frame_id, m.frame_id))
         self._isotp_ranges = tuple((lo, hi, hi > 0x7FF) for lo, hi in ranges)
         self._isotp_cache: dict[tuple[int, bool], bool] = {}
-        self.j1939 = bool(self._pgn) or bool(pgn_match) if j1939 is None else j1939
+        self.j1939 = (bool(self._pgn) or bool(pgn_match)) if j1939 is None else j1939
         self.j1939_tp = J1939Transport() if self.j1939 else None
         self.isotp = IsoTpTransport()
         self._lookup_cache: dict[tuple[int, bool], _Lookup] = {}

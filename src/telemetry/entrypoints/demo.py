@@ -108,7 +108,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if getattr(args, "replay", None) or getattr(args, "log", None):
         # Check the files before any process starts; the CAN extras are optional.
         try:
-            from telemetry.adapters.canlog import CanLogError, FrameDecoder
+            from telemetry.adapters.canlog import CanLogError, FrameDecoder, check_log
         except ImportError:
             print("telemetry demo: --replay needs the can extra: pip install -e '.[can]'",
                   file=sys.stderr)
@@ -119,6 +119,7 @@ def run_demo(args: argparse.Namespace) -> int:
             return 2
         try:
             FrameDecoder.from_files(files[1], map_path=files[3])
+            check_log(files[2])
         except CanLogError as exc:
             print(f"telemetry demo: {exc}", file=sys.stderr)
             return 2
