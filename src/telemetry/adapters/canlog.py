@@ -1,12 +1,15 @@
-"""Real CAN logs as readings: python-can reads the log, cantools decodes each frame with a DBC.
+"""Real CAN logs as readings: python-can reads the log, cantools decodes each message with a DBC.
 
 Pipeline, one generator from file to readings (`replay_readings`):
 
-    read_frames (candump/ASC/BLF/TRC, .gz too)
-      -> FrameDecoder.decode: the DBC message for the id (11-bit exact; 29-bit J1939 by PGN),
-         else the SAE J1979 decoder for OBD2 mode 01 replies; then the signal map (rename to
-         VSS, convert units) and the reading rules (finite numbers, short strings, valid names)
-      -> the time shift (--time) and one reading per frame, split at the signal limit.
+    read_frames (candump/ASC/BLF/TRC/MF4, .gz too)
+      -> FrameDecoder.decode: J1939 TP and ISO-TP frames to their reassemblers
+         (`can_transport`), which hand out whole messages; then the DBC message for the id
+         (11-bit exact; 29-bit J1939 by PGN), else the J1939-73 DM1 decoder (`j1939_dm1`) or
+         the SAE J1979 decoder for OBD2 replies; then the signal map (rename to VSS, convert
+         units) and the reading rules (finite numbers, short strings, valid names)
+      -> the time shift (--time) and one reading per message (per DTC for a DM1), split at
+         the signal limit.
 
 Nothing about one bad frame is fatal: unknown ids, decode errors and invalid values are counted
 in `DecodeStats` and skipped, because a single invalid reading would make the service reject
