@@ -341,7 +341,7 @@ def test_kona_state_of_charge_and_outdoor_temperature_from_every_complete_reply(
     assert _stat(rows, SOC) == {"count": 120, "min": 50.0, "max": 50.0, "mean": 50.0}
     assert _stat(rows, OUTDOOR) == {"count": 150, "min": 7.0, "max": 7.0, "mean": 7.0}
     s = replayed.summary("kona")
-    assert (s["transport_frames"], s["reassembled"], s["interrupted"], s["incomplete"]) == (
+    assert (s["transport_frames"], s["reassembled"], s["timeout"], s["incomplete"]) == (
         2010, 270, 29, 1)
 
 

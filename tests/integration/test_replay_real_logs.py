@@ -256,8 +256,9 @@ def test_kona_state_of_charge_and_outdoor_temperature_from_every_complete_reply(
     assert len(kona.readings) == 270
     s = kona.stats
     assert (s.frames, s.transport_frames, s.reassembled, s.decoded) == (2010, 2010, 270, 270)
-    # 30 first frames on 0x7EC with no consecutive frame after them; the last ends the log.
-    assert s.transfers_dropped == {"interrupted": 29, "incomplete": 1}
+    # 30 first frames on 0x7EC with no consecutive frame after them (timed out when the next
+    # reply began, 2 s later); the last one ends the log.
+    assert s.transfers_dropped == {"timeout": 29, "incomplete": 1}
     assert s.dropped == {"unmapped_signal": 540}  # the `service` and `response` multiplexers
 
 

@@ -167,6 +167,10 @@ def test_a_new_announcement_interrupts_the_transfer_in_progress() -> None:
     out, tp = feed_j1939(first + second)
     assert [m.data for m in out] == [_payload(20)]
     assert tp.dropped == {"interrupted": 1}
+    # After T1 the first had timed out already: that is the reason counted.
+    out, tp = feed_j1939(first + bam(_payload(20), t0=0.9))
+    assert [m.data for m in out] == [_payload(20)]
+    assert tp.dropped == {"timeout": 1}
 
 
 @pytest.mark.parametrize(
@@ -346,6 +350,15 @@ def test_isotp_second_first_frame_mid_transfer_restarts() -> None:
     out, tp = feed_isotp(first[:3] + second)
     assert [m.data for m in out] == [_payload(40)[::-1]]
     assert tp.dropped == {"interrupted": 1}
+    # A first frame with no consecutive frame within N_Cr, then the next reply (the sample
+    # Kona log has 29): the first timed out.
+    out, tp = feed_isotp(first[:1] + second, gap=1.5)
+    assert out == [] and tp.dropped == {"timeout": 2}
+    tp = IsoTpTransport()
+    assert tp.feed(0.0, 1, 0x7EC, False, first[0]) is None
+    done = [tp.feed(2.0 + i * 0.01, 1, 0x7EC, False, f) for i, f in enumerate(second)]
+    assert done[-1] is not None and done[-1].data == _payload(40)[::-1]
+    assert tp.dropped == {"timeout": 1}
 
 
 def test_isotp_single_frame_mid_transfer_ends_it() -> None:

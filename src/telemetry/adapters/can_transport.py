@@ -127,8 +127,9 @@ class J1939Transport:
         pgn = int.from_bytes(d[5:8], "little") & 0x3FFFF
         if kind in (_BAM, _RTS):
             key = (channel, sa, da)
-            if key in self.open:
-                self._drop(key, INTERRUPTED)
+            old = self.open.get(key)
+            if old is not None:  # given up on already, or cut short by this announcement
+                self._drop(key, TIMEOUT if ts > old.deadline else INTERRUPTED)
             size, packets = int.from_bytes(d[1:3], "little"), d[3]
             bam = kind == _BAM
             if (not J1939_MIN_SIZE <= size <= J1939_MAX_SIZE or packets != -(-size // 7)
@@ -255,17 +256,13 @@ class IsoTpTransport:
         kind = isotp_frame_type(data)
         if kind == SINGLE_FRAME:
             payload = _single_frame(data)
-            if key in self.open:  # a single frame ends the transfer in progress
-                del self.open[key]
-                self.dropped[INTERRUPTED] += 1
+            self._end(key, ts)  # a single frame ends the transfer in progress
             if payload is None:
                 self.dropped[INVALID] += 1
                 return None
             return Reassembled(ts, channel, arbitration_id, is_extended_id, payload, 1)
         if kind == FIRST_FRAME:
-            if key in self.open:  # a new first frame mid-transfer restarts it
-                del self.open[key]
-                self.dropped[INTERRUPTED] += 1
+            self._end(key, ts)  # a new first frame mid-transfer restarts it
             start = _first_frame(data)
             if start is None:
                 self.dropped[INVALID] += 1
@@ -300,6 +297,11 @@ class IsoTpTransport:
         # reply, and anything else is not ISO-TP at all.
         self.stray += 1
         return None
+
+    def _end(self, key: tuple[Hashable, int, bool], ts: float) -> None:
+        t = self.open.pop(key, None)
+        if t is not None:  # given up on already, or cut short now
+            self.dropped[TIMEOUT if ts > t.deadline else INTERRUPTED] += 1
 
     def close(self, ts: float) -> None:
         for t in self.open.values():
