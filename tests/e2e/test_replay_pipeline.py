@@ -50,8 +50,8 @@ DATA = shared_data("can")
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.slow,
-    pytest.mark.skipif(DATA is None, reason="shared real-vehicle data not found: set "
-                       "TELEMETRY_SHARED_DATA or put it at ../shared/data"),
+    pytest.mark.skipif(DATA is None,
+                       reason="the sample real-vehicle data is not in src/telemetry/samples"),
 ]
 CAN = (DATA or Path()) / "can"
 TRUCK = {"dbc": CAN / "css-j1939-demo.dbc", "log": CAN / "css-truck-j1939.candump.log.gz",

@@ -1,7 +1,7 @@
-"""The shared real-vehicle logs through the replay decoder, and the shipped maps against VSS.
+"""The sample real-vehicle logs through the replay decoder, and the shipped maps against VSS.
 
-Data: `$TELEMETRY_SHARED_DATA`, else `../shared/data` beside the repository (see
-/work/shared/data/README.md). Each log is decoded once per module.
+Data: the package's `src/telemetry/samples/` (its README describes each file). Each log is
+decoded once per module.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ MAPS = REPO / "src" / "telemetry" / "samples" / "maps"
 DATA = shared_data("can")
 pytestmark = pytest.mark.skipif(
     DATA is None,
-    reason="shared real-vehicle data not found: set TELEMETRY_SHARED_DATA or put it at "
-    "../shared/data beside the repository",
+    reason="the sample real-vehicle data is not in src/telemetry/samples",
 )
 CAN = (DATA or Path()) / "can"
 CAR = {"dbc": CAN / "canmod-gps.dbc", "log": CAN / "css-car-gnss-obd2.candump.log.gz",
