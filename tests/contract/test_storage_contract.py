@@ -91,3 +91,14 @@ def test_a_large_object(storage: Storage) -> None:
     assert len(data) > 10 * 1024 * 1024
     storage.put(f"{HOUR}/large.jsonl", data)
     assert storage.get(f"{HOUR}/large.jsonl") == data
+
+
+def test_delete_removes_a_key_and_a_missing_one_is_no_error(storage: Storage) -> None:
+    storage.put("curated/a/part-1.jsonl.gz", b"1")
+    storage.put("curated/a/part-2.jsonl.gz", b"2")
+    storage.delete("curated/a/part-1.jsonl.gz")
+    storage.delete("curated/a/part-1.jsonl.gz")
+    storage.delete("curated/never/there.jsonl")
+    assert storage.list("curated/") == ["curated/a/part-2.jsonl.gz"]
+    with pytest.raises(NotFound):
+        storage.get("curated/a/part-1.jsonl.gz")

@@ -136,6 +136,15 @@ class FilesystemStorage:
         keys.sort()
         return keys
 
+    def delete(self, key: str) -> None:
+        path = self.root.joinpath(*_segments(key))
+        with self._translated("delete", path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return
+            _fsync_dir(path.parent)
+
     def check(self) -> None:
         with self._translated("check", self.root):
             st = os.stat(self.root)

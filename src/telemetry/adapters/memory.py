@@ -179,6 +179,10 @@ class MemoryStorage:
         with self._lock:
             return sorted(k for k in self.objects if k.startswith(prefix))
 
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self.objects.pop(key, None)
+
     def check(self) -> None:
         return None
 

@@ -114,6 +114,10 @@ class S3Storage:
                 keys.extend(o["Key"][cut:] for o in page.get("Contents", []))
         return sorted(keys)
 
+    def delete(self, key: str) -> None:
+        with _translated(f"delete {self.prefix}{key}"):
+            self._client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+
     def check(self) -> None:
         with _translated(f"bucket {self.bucket}"):
             self._client.head_bucket(Bucket=self.bucket)

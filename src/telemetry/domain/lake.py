@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 RAW = "raw/"
 AGGREGATES = "aggregates/hourly/"
 AGGREGATE_STATE = "aggregates/_state/hourly.json"
+CURATED = "curated/"
 # Beside the raw files, not among them: engines that read raw/ as a table see only readings.
 PARTIALS = "partials/"
 

@@ -101,6 +101,10 @@ class Storage(Protocol):
         """Every key that starts with `prefix`, sorted."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove `key`; a key that is not there is no error."""
+        ...
+
     def check(self) -> None:
         """Raise StorageUnavailable unless the storage answers."""
         ...

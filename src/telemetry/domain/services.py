@@ -586,16 +586,19 @@ class AggregateHours:
                 hours.setdefault(lake.format_hour(h), []).append(key)
         return hours
 
-    def changed(self, run: HourRunner | None = None) -> list[AggregateResult]:
+    def changed(
+        self, run: HourRunner | None = None, inputs: dict[str, list[str]] | None = None
+    ) -> list[AggregateResult]:
         """Aggregate every hour whose raw files differ from the last run's (all, the first
-        time), one after the other here, or by `run` (which may use other processes)."""
+        time), one after the other here, or by `run` (which may use other processes).
+        `inputs`: the files of each hour, when not `raw_hours()` (see `CurateHours`)."""
         try:
             state = _state_decoder.decode(self.storage.get(lake.AGGREGATE_STATE))
         except NotFound:
             state = _State()
         todo = [
             (lake.parse_hour(hour_text), keys)
-            for hour_text, keys in sorted(self.raw_hours().items())
+            for hour_text, keys in sorted((inputs or self.raw_hours()).items())
             if sorted(state.hours.get(hour_text, [])) != sorted(keys)
         ]
         keys_of = {lake.format_hour(h): keys for h, keys in todo}

@@ -117,6 +117,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     if jobs < 1:
         print("telemetry aggregate: --jobs must be at least 1", file=sys.stderr)
         return 2
+    curation = create_container(s).curate_hours() if s.curate else None
     if args.hour:
         try:
             hour = parse_hour(args.hour)
@@ -124,16 +125,39 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
             print(f"telemetry aggregate: --hour {args.hour!r}: expected 2026-11-29T01",
                   file=sys.stderr)
             return 2
-        results = list(aggregate_jobs.run(make_service, [(hour, service.hour_keys(hour))],
-                                          jobs))
+        keys = service.hour_keys(hour)
+        inputs = {format_hour(hour): keys}
+        if curation is not None:
+            inputs = curation.aggregation_inputs(inputs)
+        results = list(aggregate_jobs.run(make_service, [(hour, inputs.get(format_hour(hour),
+                                                                          keys))], jobs))
+        raw = {format_hour(hour): keys} if keys else {}
     else:
-        results = service.changed(aggregate_jobs.runner(make_service, jobs))
+        raw = service.raw_hours()
+        inputs = raw if curation is None else curation.aggregation_inputs(raw)
+        results = service.changed(aggregate_jobs.runner(make_service, jobs), inputs)
     for r in results:
         event(log, "hour_aggregated", hour=format_hour(r.hour), key=r.key, files=r.files,
               raw_records=r.raw_records, readings=r.readings, vehicles=r.vehicles,
               files_from_partials=r.from_partials)
     print(f"aggregated {len(results)} hour(s)")
+    if curation is not None:
+        _curate(curation, raw)
     return 0
+
+
+def _curate(curation: Any, raw: dict[str, list[str]]) -> None:
+    """Curate the closed hours that changed, then retire raw files (when configured)."""
+    curated = curation.changed(raw)
+    for c in curated:
+        event(log, "hour_curated", hour=format_hour(c.hour), parts=len(c.parts),
+              readings=c.readings, raw_records=c.raw_records, raw_files=c.raw_files,
+              bytes=c.bytes, removed=c.removed)
+    retired = curation.retire()
+    for t in retired:
+        event(log, "raw_retired", hour=format_hour(t.hour), files=len(t.removed))
+    print(f"curated {len(curated)} hour(s)"
+          + (f", retired the raw files of {len(retired)} hour(s)" if retired else ""))
 
 
 # ------------------------------------------------------------------ dlq

@@ -36,6 +36,24 @@ def _sqs_queue(**kwargs: Any) -> Any:
         raise ConfigError(f"TELEMETRY_SQS_QUEUE_URL={kwargs.get('queue_url')!r}: {exc}") from exc
 
 
+def _curate_hours(storage: Any, clock: Any, *, curated_format: str, grace: float,
+                  part_bytes: int, raw_retention: float) -> Any:
+    from telemetry.domain.curation import CuratedFormat, CurateHours, JsonLinesGzip
+
+    fmt: CuratedFormat
+    if curated_format == "parquet":
+        try:
+            from telemetry.adapters.parquet import ParquetFormat
+        except ImportError as exc:
+            raise ConfigError(f"TELEMETRY_CURATED_FORMAT=parquet: {exc}") from exc
+        fmt = ParquetFormat()
+    else:
+        fmt = JsonLinesGzip()
+    step = getattr(storage, "step", None)
+    return CurateHours(storage, clock, fmt, grace=grace, part_bytes=part_bytes,
+                       raw_retention=raw_retention or None, step=step)
+
+
 def _s3_storage(**kwargs: Any) -> Any:
     from telemetry.adapters.s3 import S3Storage
 
@@ -100,6 +118,11 @@ class Container(containers.DeclarativeContainer):
         receive_max=config.receive_max, partials_every=config.partials_every,
     )
     aggregate_hours = providers.Factory(AggregateHours, storage)
+    curate_hours = providers.Factory(
+        _curate_hours, storage, clock, curated_format=config.curated_format,
+        grace=config.curate_grace, part_bytes=config.curated_part_bytes,
+        raw_retention=config.raw_retention,
+    )
 
 
 def create_container(settings: Settings, *, key_store: str = "file") -> Container:

@@ -15,6 +15,7 @@ Points:
 - `storage.mid_write`: after a chunk of a lake file's temp file is written, before its fsync.
 - `storage.before_rename`: the temp file is whole and fsynced, not yet renamed into place.
 - `worker.after_put_before_delete`: a raw file is stored, its messages are not deleted.
+- `curate.after_part`: a curated part of an hour is stored, the rest of the hour is not.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ POINTS = frozenset(
         "storage.mid_write",
         "storage.before_rename",
         "worker.after_put_before_delete",
+        "curate.after_part",
     }
 )
 
@@ -111,6 +113,10 @@ class CrashingStorage:
         self._inner.put(key, data)
         if key.startswith("raw/"):
             self._crash.step("worker.after_put_before_delete")
+
+    def step(self, point: str) -> None:
+        """For use cases that pass points of their own (curation)."""
+        self._crash.step(point)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -56,6 +56,12 @@ class Settings:
     # partial aggregates (ADR 0006): the worker writes what it kept at least this often
     partials_every: float = 60.0
     compress: bool = False
+    # curated hours (docs/curated.md), written by `telemetry aggregate`
+    curate: bool = True
+    curated_format: str = "jsonl"
+    curate_grace: float = 600.0  # seconds after an hour's end before it is curated
+    curated_part_bytes: int = 128 * MiB
+    raw_retention: float = 0.0  # seconds after an hour's end; 0 keeps raw files forever
     shutdown_deadline: float = 25.0
     # logs
     log_format: str = "text"
@@ -108,6 +114,13 @@ def _positive(conv: Callable[[str], T]) -> Callable[[str], T]:
     return parse
 
 
+def _not_negative(text: str) -> float:
+    v = float(text)
+    if not v >= 0:  # NaN too
+        raise ValueError("must be 0 or more")
+    return v
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         v = text.strip().lower()
@@ -145,6 +158,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "receive_max": _positive(int),
     "partials_every": _positive(float),
     "compress": _parse_bool,
+    "curate": _parse_bool,
+    "curated_format": _choice("jsonl", "parquet"),
+    "curate_grace": _not_negative,
+    "curated_part_bytes": _positive(int),
+    "raw_retention": _not_negative,
     "shutdown_deadline": _positive(float),
     "log_format": _choice("text", "json"),
     "log_level": _choice("debug", "info", "warning", "error"),
@@ -184,6 +202,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("TELEMETRY_S3_BUCKET: required when TELEMETRY_STORAGE=s3")
     if s.max_decompressed_bytes < s.max_body_bytes:
         raise ConfigError("TELEMETRY_MAX_DECOMPRESSED_BYTES: must not be below the body limit")
+    if s.raw_retention and s.curated_format != "jsonl":
+        raise ConfigError("TELEMETRY_RAW_RETENTION: needs TELEMETRY_CURATED_FORMAT=jsonl, the "
+                          "lossless format that can stand in for retired raw files")
+    if s.raw_retention and not s.curate:
+        raise ConfigError("TELEMETRY_RAW_RETENTION: needs TELEMETRY_CURATE=true; raw files "
+                          "go only once their hour is curated")
     if s.max_message_bytes < 4096:
         raise ConfigError("TELEMETRY_MAX_MESSAGE_BYTES: must be at least 4096")
     return s
