@@ -54,7 +54,7 @@ def demo(args: list[str]) -> None:
 
 
 def test(args: list[str]) -> None:
-    _ensure("dev,can,bench")
+    _ensure("dev,can,bench,parquet")
     _run(str(BIN / "ruff"), "check", "src", "tests", "bench", "dev.py")
     _run(str(BIN / "mypy"))
     _run(str(BIN / "lint-imports"))

@@ -16,6 +16,7 @@ Points:
 - `storage.before_rename`: the temp file is whole and fsynced, not yet renamed into place.
 - `worker.after_put_before_delete`: a raw file is stored, its messages are not deleted.
 - `curate.after_part`: a curated part of an hour is stored, the rest of the hour is not.
+- `curate.after_manifest`: an hour's new manifest is stored, the old parts are not deleted.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ POINTS = frozenset(
         "storage.before_rename",
         "worker.after_put_before_delete",
         "curate.after_part",
+        "curate.after_manifest",
     }
 )
 

@@ -1,0 +1,78 @@
+"""`telemetry aggregate` killed (SIGKILL) while it rewrites a curated hour: the hour's manifest
+names either the old parts or the new ones, all there and readable, and the next run
+completes the hour."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from telemetry.adapters.filesystem import FilesystemStorage
+from telemetry.domain import lake
+from telemetry.domain.curation import JsonLinesGzip, curated_prefix, read_manifest
+from telemetry.domain.readings import Record, encode_records
+
+pytestmark = pytest.mark.e2e
+
+HOUR = datetime(2026, 11, 29, 1, tzinfo=UTC)
+FMT = JsonLinesGzip()
+
+
+def aggregate(env: dict[str, str], crash: str | None = None) -> subprocess.CompletedProcess[str]:
+    run_env = {**env, "TELEMETRY_TEST_CRASH_AT": crash} if crash else env
+    return subprocess.run([sys.executable, "-m", "telemetry", "aggregate", "--jobs", "1"],
+                          env=run_env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def records(first: int, n: int) -> list[Record]:
+    return [
+        Record(f"r{i}", f"car-{i % 3}", HOUR + timedelta(seconds=i % 3600), HOUR,
+               {"Vehicle.Speed": float(i % 90), "Vehicle.Note": f"{i:08d}" * 8})
+        for i in range(first, first + n)
+    ]
+
+
+def curated(storage: FilesystemStorage) -> set[str]:
+    """The reading ids the manifest's parts hold; every part it names must be readable."""
+    manifest = read_manifest(storage, HOUR)
+    assert manifest is not None
+    ids = [r.reading_id for p in manifest.parts for r in FMT.decode(storage.get(p.key))]
+    assert len(ids) == len(set(ids)) == manifest.readings
+    return set(ids)
+
+
+@pytest.mark.parametrize("point", ["curate.after_part:2", "curate.after_manifest"])
+def test_a_killed_curation_leaves_the_old_or_the_new_hour_and_the_next_run_completes_it(
+    tmp_path: Path, point: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env.update(TELEMETRY_DATA_DIR=str(tmp_path / "data"), TELEMETRY_CURATED_PART_BYTES="4000")
+    storage = FilesystemStorage(tmp_path / "data" / "lake")
+    storage.put(lake.raw_key(HOUR, "a", False), encode_records(records(0, 300)))
+    out = aggregate(env)
+    assert out.returncode == 0, out.stderr
+    assert "curated 1 hour(s)" in out.stdout
+    old = curated(storage)
+    assert old == {f"r{i}" for i in range(300)}
+    storage.put(lake.raw_key(HOUR, "b", False), encode_records(records(200, 200)))  # late
+
+    out = aggregate(env, point)
+    assert out.returncode == -9, out.stderr
+    assert f"crashpoint {point.partition(':')[0]}" in out.stderr
+    new = {f"r{i}" for i in range(400)}
+    assert curated(storage) == (old if point.startswith("curate.after_part") else new)
+
+    out = aggregate(env)
+    assert out.returncode == 0, out.stderr
+    assert "curated 1 hour(s)" in out.stdout
+    assert curated(storage) == new
+    manifest = read_manifest(storage, HOUR)
+    assert manifest is not None
+    assert storage.list(curated_prefix(HOUR)) == sorted(
+        [*(p.key for p in manifest.parts), curated_prefix(HOUR) + "_manifest.json"])
+    assert "curated 0 hour(s)" in aggregate(env).stdout
