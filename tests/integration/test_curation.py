@@ -70,9 +70,12 @@ def write_raw(storage: Storage, hour: datetime, name: str, records: list[Record]
     return key
 
 
-def lake_with_duplicates(storage: Storage, rng: random.Random) -> dict[datetime, list[Record]]:
+def lake_with_duplicates(
+    storage: Storage, rng: random.Random, *, shared_id: bool = True
+) -> dict[datetime, list[Record]]:
     """Two hours, three workers' files each, a third of the readings stored twice (one copy
-    received later), one id shared by two vehicles; returns the distinct readings per hour."""
+    received later), one id used by two vehicles (`shared_id`); returns the distinct readings
+    per hour."""
     truth: dict[datetime, list[Record]] = {}
     n = 0
     for hour in (H1, H2):
@@ -80,8 +83,9 @@ def lake_with_duplicates(storage: Storage, rng: random.Random) -> dict[datetime,
         for _ in range(600):
             n += 1
             records.append(reading(rng, f"v{rng.randrange(7)}", hour, n))
-        records.append(Record("shared", "v1", hour, hour, {"x": 1}))
-        records.append(Record("shared", "v2", hour, hour, {"x": 2}))
+        if shared_id:
+            records.append(Record("shared", "v1", hour, hour, {"x": 1}))
+            records.append(Record("shared", "v2", hour, hour, {"x": 2}))
         truth[hour] = records
         copies = [
             Record(r.reading_id, r.vehicle_id, r.ts, r.received_at + timedelta(seconds=9),
