@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from telemetry.domain.readings import Record
@@ -36,6 +36,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 _TS = pa.timestamp("us", tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 SCHEMA = pa.schema(
     [
         pa.field("reading_id", pa.string(), nullable=False),
@@ -58,40 +60,54 @@ class ParquetFormat:
         self.compression = compression
 
     def encode(self, records: Sequence[Record]) -> bytes:
-        nums: list[list[tuple[str, float]]] = []
-        ints: list[list[tuple[str, int]]] = []
-        bools: list[list[tuple[str, bool]]] = []
-        strs: list[list[tuple[str, str]]] = []
+        # Flat keys and values with offsets per map, and timestamps as integers: building
+        # nested Python tuples, or datetimes, for pyarrow to walk was three times slower.
+        maps: dict[type, tuple[list[str], list[Any], list[int]]] = {
+            t: ([], [], [0]) for t in (float, int, bool, str)
+        }
+        nk, nv, no = maps[float]
+        ik, iv, io_ = maps[int]
+        bk, bv, bo = maps[bool]
+        sk, sv, so = maps[str]
+        ts: list[int] = []
+        received: list[int] = []
         for r in records:
-            n: list[tuple[str, float]] = []
-            i: list[tuple[str, int]] = []
-            b: list[tuple[str, bool]] = []
-            s: list[tuple[str, str]] = []
+            ts.append((r.ts - _EPOCH) // _US)
+            received.append((r.received_at - _EPOCH) // _US)
             for name, v in r.signals.items():
                 t = type(v)
                 if t is float:
-                    n.append((name, v))  # type: ignore[arg-type]
+                    nk.append(name)
+                    nv.append(v)
                 elif t is int:
-                    n.append((name, float(v)))
-                    i.append((name, v))  # type: ignore[arg-type]
+                    nk.append(name)
+                    nv.append(float(v))  # type: ignore[arg-type]
+                    ik.append(name)
+                    iv.append(v)
                 elif t is bool:
-                    b.append((name, v))  # type: ignore[arg-type]
+                    bk.append(name)
+                    bv.append(v)
                 else:
-                    s.append((name, v))  # type: ignore[arg-type]
-            nums.append(n)
-            ints.append(i)
-            bools.append(b)
-            strs.append(s)
+                    sk.append(name)
+                    sv.append(v)
+            no.append(len(nk))
+            io_.append(len(ik))
+            bo.append(len(bk))
+            so.append(len(sk))
         columns: list[Any] = [
             pa.array([r.reading_id for r in records], pa.string()),
             pa.array([r.vehicle_id for r in records], pa.string()),
-            pa.array([r.ts for r in records], _TS),
-            pa.array([r.received_at for r in records], _TS),
-            pa.array(nums, SCHEMA.field("signals").type),
-            pa.array(ints, SCHEMA.field("signals_int").type),
-            pa.array(bools, SCHEMA.field("signals_bool").type),
-            pa.array(strs, SCHEMA.field("signals_string").type),
+            pa.array(ts, pa.int64()).cast(_TS),
+            pa.array(received, pa.int64()).cast(_TS),
         ]
+        for (keys, values, offsets), value_type in zip(
+            (maps[float], maps[int], maps[bool], maps[str]),
+            (pa.float64(), pa.int64(), pa.bool_(), pa.string()),
+            strict=True,
+        ):
+            columns.append(pa.MapArray.from_arrays(
+                pa.array(offsets, pa.int32()), pa.array(keys, pa.string()),
+                pa.array(values, value_type)))
         table = pa.Table.from_arrays(columns, schema=SCHEMA)
         out = io.BytesIO()
         pq.write_table(table, out, compression=self.compression)
