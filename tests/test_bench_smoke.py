@@ -5,7 +5,15 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from bench import bench_aggregate, bench_cost, bench_e2e, bench_ingest, bench_worker, ingest_floor
+from bench import (
+    bench_aggregate,
+    bench_cost,
+    bench_curated,
+    bench_e2e,
+    bench_ingest,
+    bench_worker,
+    ingest_floor,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +36,13 @@ def test_aggregate_bench_runs_and_agrees_with_duckdb() -> None:
     r = bench_aggregate.main(["--tiny", "--json"])
     assert r["lines"]["results_equal"] and r["ingest"]["results_equal"]
     assert r["ingest"]["readings"] == r["lines"]["readings"] == 2000
+
+
+def test_curated_bench_runs_and_the_three_lakes_agree() -> None:
+    pytest.importorskip("duckdb")
+    r = bench_curated.main(["--tiny", "--json", "--part-bytes", "40000"])
+    assert r["results_equal"] and r["readings"] == 2000
+    assert r["parquet_files"] > 2 and r["jsonl_files"] >= 2
 
 
 def test_ingest_bench_runs_both_servers() -> None:
