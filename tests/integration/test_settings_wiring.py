@@ -26,3 +26,39 @@ def test_the_worker_gets_its_receive_size_and_partials_interval(tmp_path: Path) 
 def test_a_bad_partials_interval_names_the_variable(text: str) -> None:
     with pytest.raises(ConfigError, match="TELEMETRY_PARTIALS_EVERY"):
         load_settings({"TELEMETRY_PARTIALS_EVERY": text})
+
+
+def test_curation_gets_its_format_grace_part_size_and_retention(tmp_path: Path) -> None:
+    from telemetry.adapters.parquet import ParquetFormat
+    from telemetry.domain.curation import JsonLinesGzip
+
+    base = {"TELEMETRY_DATA_DIR": str(tmp_path), "TELEMETRY_QUEUE": "memory",
+            "TELEMETRY_STORAGE": "memory"}
+    curate = create_container(load_settings({
+        **base, "TELEMETRY_CURATED_FORMAT": "Parquet", "TELEMETRY_CURATE_GRACE": "30",
+        "TELEMETRY_CURATED_PART_BYTES": "1000000"})).curate_hours()
+    assert isinstance(curate.fmt, ParquetFormat)
+    assert (curate.grace.total_seconds(), curate.part_bytes, curate.raw_retention) == (
+        30, 1_000_000, None)
+    default = create_container(load_settings({**base, "TELEMETRY_RAW_RETENTION": "86400"}))
+    curate = default.curate_hours()
+    assert isinstance(curate.fmt, JsonLinesGzip)
+    assert (curate.grace.total_seconds(), curate.raw_retention.total_seconds()) == (600, 86400)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"TELEMETRY_CURATED_FORMAT": "orc"}, "TELEMETRY_CURATED_FORMAT"),
+        ({"TELEMETRY_CURATE_GRACE": "-1"}, "TELEMETRY_CURATE_GRACE"),
+        ({"TELEMETRY_CURATED_PART_BYTES": "0"}, "TELEMETRY_CURATED_PART_BYTES"),
+        ({"TELEMETRY_RAW_RETENTION": "nan"}, "TELEMETRY_RAW_RETENTION"),
+        ({"TELEMETRY_RAW_RETENTION": "60", "TELEMETRY_CURATED_FORMAT": "parquet"},
+         "TELEMETRY_RAW_RETENTION"),
+        ({"TELEMETRY_RAW_RETENTION": "60", "TELEMETRY_CURATE": "false"},
+         "TELEMETRY_RAW_RETENTION"),
+    ],
+)
+def test_bad_curation_settings_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env)

@@ -258,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = sub.add_parser("aggregate", help="aggregate changed hours",
                         description="Aggregate the hours whose raw files changed since the "
-                        "last run (every hour the first time), or one --hour.")
+                        "last run (every hour the first time), or one --hour; then curate the "
+                        "closed hours that changed (docs/curated.md; TELEMETRY_CURATE=false "
+                        "skips it) and retire raw files past TELEMETRY_RAW_RETENTION.")
     ap.add_argument("--hour", help="one UTC hour, e.g. 2026-11-29T01")
     ap.add_argument("--jobs", type=int,
                     help="processes: hours in parallel, or one hour's files split over them "
