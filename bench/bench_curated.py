@@ -4,7 +4,8 @@
 
 One raw lake (bench.common.write_lake: 1% of lines stored twice). Timed: the aggregation of
 every hour as `telemetry aggregate --jobs N` runs it, then the curation of every hour in each
-format (what the same command adds once the hours have closed; one process). Then, over each
+format (what the same command adds once the hours have closed, hours in parallel over the
+same N processes). Then, over each
 of raw JSONL, curated JSONL.gz and curated Parquet: the number of files, their bytes, and a
 DuckDB per-vehicle-hour query (count, first and last ts, count/min/max/avg of one signal), the
 median of `--runs`; raw needs `DISTINCT ON` to drop its copies, the curated hours do not. The
@@ -31,7 +32,7 @@ from bench.common import (
 from telemetry.adapters.memory import FakeClock
 from telemetry.domain.curation import STATE, CuratedFormat, CurateHours, JsonLinesGzip
 from telemetry.domain.services import AggregateHours
-from telemetry.entrypoints import aggregate_jobs
+from telemetry.entrypoints import aggregate_jobs, curate_jobs
 
 SIGNAL = "Vehicle.Speed"
 
@@ -87,12 +88,17 @@ def same(a: list[Any], b: list[Any]) -> bool:
     return True
 
 
-def curate(root: Path, fmt: CuratedFormat, part_bytes: int) -> tuple[float, int]:
-    storage = lake_storage(root)
+def curate(root: Path, fmt: CuratedFormat, part_bytes: int, jobs: int) -> tuple[float, int]:
+    """What `telemetry aggregate --jobs N` adds once the hours have closed."""
     clock = FakeClock(LAKE_START + timedelta(days=2))
+
+    def make() -> CurateHours:
+        return CurateHours(lake_storage(root), clock, fmt, part_bytes=part_bytes)
+
     t = time.perf_counter()
-    service = CurateHours(storage, clock, fmt, part_bytes=part_bytes)
-    done = service.changed(AggregateHours(storage).raw_hours())
+    service = make()
+    done = service.changed(AggregateHours(service.storage).raw_hours(),
+                           curate_jobs.runner(make, jobs))
     return time.perf_counter() - t, sum(r.readings for r in done)
 
 
@@ -111,7 +117,7 @@ def measure(root: Path, lines: int, args: Any) -> dict[str, Any]:
                            "aggregate_s": round(aggregate_s, 2)}
     places = {"raw": (root / "raw", ".jsonl")}
     for name, fmt in (("jsonl", JsonLinesGzip()), ("parquet", ParquetFormat())):
-        seconds, n = curate(root, fmt, args.part_bytes)
+        seconds, n = curate(root, fmt, args.part_bytes, args.jobs)
         assert n == readings, (name, n, readings)
         moved = root / f"curated-{name}"
         (root / "curated").rename(moved)

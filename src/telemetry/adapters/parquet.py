@@ -81,7 +81,7 @@ class ParquetFormat:
                     nv.append(v)
                 elif t is int:
                     nk.append(name)
-                    nv.append(float(v))  # type: ignore[arg-type]
+                    nv.append(float(v))
                     ik.append(name)
                     iv.append(v)
                 elif t is bool:

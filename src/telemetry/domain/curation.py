@@ -194,6 +194,11 @@ class CurateResult:
     raw_files: int
     bytes: int
     removed: int  # objects of an earlier version deleted
+    sources: list[str]  # every raw key the hour now holds the readings of
+
+
+HourRunner = Callable[[Sequence[tuple[datetime, list[str]]]], Iterable[CurateResult]]
+"""Writes the hours of a todo (`CurateHours.write`), yielding each result as it is done."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,13 +276,35 @@ class CurateHours:
 
     # ------------------------------------------------------------ work
 
-    def changed(self, raw_hours: dict[str, list[str]]) -> list[CurateResult]:
+    def changed(
+        self, raw_hours: dict[str, list[str]], run: HourRunner | None = None
+    ) -> list[CurateResult]:
+        """Curate the pending hours, here or by `run` (which may use other processes), and
+        record each in the state as it is done."""
+        todo = self.pending(raw_hours)
         results = []
-        for hour, keys in self.pending(raw_hours):
-            results.append(self.hour(hour, keys))
-        return results
+        for r in (run or self._run_here)(todo):
+            self.record(r)
+            results.append(r)
+        return sorted(results, key=lambda r: r.hour)
+
+    def _run_here(self, todo: Sequence[tuple[datetime, list[str]]]) -> Iterable[CurateResult]:
+        return (self.write(hour, keys) for hour, keys in todo)
 
     def hour(self, hour: datetime, keys: Sequence[str]) -> CurateResult:
+        result = self.write(hour, keys)
+        self.record(result)
+        return result
+
+    def record(self, result: CurateResult) -> None:
+        """The hour is done: saved last, so a run killed before does the hour again."""
+        self.state().hours[lake.format_hour(result.hour)] = _HourState(
+            result.sources, result.parts)
+        self._save()
+
+    def write(self, hour: datetime, keys: Sequence[str]) -> CurateResult:
+        """Write the hour's parts and manifest, and delete what else the hour held; the state
+        is the caller's to `record`."""
         text = lake.format_hour(hour)
         done = self.state().hours.get(text)
         records: list[Record] = []
@@ -313,10 +340,8 @@ class CurateHours:
         stale = [k for k in self.storage.list(prefix) if k not in keep]
         for k in stale:
             self.storage.delete(k)
-        self.state().hours[text] = _HourState(sorted(sources), names)
-        self._save()
         return CurateResult(hour, names, len(readings), raw_records, len(keys),
-                            sum(map(len, parts)), len(stale))
+                            sum(map(len, parts)), len(stale), sorted(sources))
 
     def _read_raw(self, key: str) -> list[Record]:
         data = self.storage.get(key)

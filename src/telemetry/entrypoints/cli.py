@@ -142,13 +142,18 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
               files_from_partials=r.from_partials)
     print(f"aggregated {len(results)} hour(s)")
     if curation is not None:
-        _curate(curation, raw)
+        from telemetry.entrypoints import curate_jobs
+
+        def make_curation() -> Any:  # in each process: its own storage client
+            return create_container(s).curate_hours()
+
+        _curate(curation, raw, curate_jobs.runner(make_curation, jobs))
     return 0
 
 
-def _curate(curation: Any, raw: dict[str, list[str]]) -> None:
+def _curate(curation: Any, raw: dict[str, list[str]], run: Any) -> None:
     """Curate the closed hours that changed, then retire raw files (when configured)."""
-    curated = curation.changed(raw)
+    curated = curation.changed(raw, run)
     for c in curated:
         event(log, "hour_curated", hour=format_hour(c.hour), parts=len(c.parts),
               readings=c.readings, raw_records=c.raw_records, raw_files=c.raw_files,
