@@ -26,6 +26,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Protocol
 
 import msgspec
@@ -99,8 +100,7 @@ def distinct_sorted(records: Iterable[Record]) -> list[Record]:
     return sorted(seen.values(), key=_order)
 
 
-def _order(r: Record) -> tuple[str, datetime, str]:
-    return (r.vehicle_id, r.ts, r.reading_id)
+_order = attrgetter("vehicle_id", "ts", "reading_id")
 
 
 _SAMPLE = 2000
