@@ -9,7 +9,8 @@ same N processes). Then, over each
 of raw JSONL, curated JSONL.gz and curated Parquet: the number of files, their bytes, and a
 DuckDB per-vehicle-hour query (count, first and last ts, count/min/max/avg of one signal), the
 median of `--runs`; raw needs `DISTINCT ON` to drop its copies, the curated hours do not. The
-three answers are checked equal.
+three answers are checked equal. The same query without the signal (count, first and last
+ts) is timed too: it shows what reading the signal costs in each layout.
 """
 
 from __future__ import annotations
@@ -50,16 +51,18 @@ def _source(kind: str, path: Path) -> str:
     return f"read_parquet('{path}/**/*.parquet')"
 
 
-def query(kind: str, path: Path) -> str:
+def query(kind: str, path: Path, *, signal: bool = True) -> str:
     value = f"signals['{SIGNAL}']" if kind == "parquet" else f'signals."{SIGNAL}"'
+    stats = f", count({value}), min({value}), max({value}), avg({value})" if signal else ""
     return f"""
         SELECT epoch(date_trunc('hour', ts))::BIGINT AS h, vehicle_id, count(*),
-               epoch_us(min(ts)), epoch_us(max(ts)),
-               count({value}), min({value}), max({value}), avg({value})
+               epoch_us(min(ts)), epoch_us(max(ts)){stats}
         FROM {_source(kind, path)} GROUP BY ALL ORDER BY h, vehicle_id"""
 
 
-def run_query(kind: str, path: Path, runs: int) -> tuple[float, list[Any]]:
+def run_query(
+    kind: str, path: Path, runs: int, *, signal: bool = True
+) -> tuple[float, list[Any]]:
     import duckdb
 
     times = []
@@ -68,7 +71,7 @@ def run_query(kind: str, path: Path, runs: int) -> tuple[float, list[Any]]:
         con = duckdb.connect()  # a fresh connection: no cache of the previous run
         con.execute("SET TimeZone = 'UTC'")
         t = time.perf_counter()
-        rows = con.execute(query(kind, path)).fetchall()
+        rows = con.execute(query(kind, path, signal=signal)).fetchall()
         times.append(time.perf_counter() - t)
         con.close()
     return median(times), rows
@@ -133,10 +136,14 @@ def measure(root: Path, lines: int, args: Any) -> dict[str, Any]:
         out[f"{kind}_files"] = files
         out[f"{kind}_bytes"] = size
         out[f"{kind}_query_s"] = round(seconds, 3)
+        seconds, _ = run_query(kind, path, args.runs, signal=False)
+        out[f"{kind}_count_query_s"] = round(seconds, 3)
     for kind in ("jsonl", "parquet"):
         out[f"{kind}_smaller_than_raw"] = round(out["raw_bytes"] / out[f"{kind}_bytes"], 1)
         out[f"{kind}_query_faster_than_raw"] = round(
             out["raw_query_s"] / max(out[f"{kind}_query_s"], 1e-6), 1)
+        out[f"{kind}_count_query_faster_than_raw"] = round(
+            out["raw_count_query_s"] / max(out[f"{kind}_count_query_s"], 1e-6), 1)
     out["results_equal"] = same(answers["raw"], answers["jsonl"]) and same(
         answers["raw"], answers["parquet"])
     return out
