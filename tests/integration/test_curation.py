@@ -247,3 +247,28 @@ def test_raw_files_go_after_the_retention_and_never_before_curation(tmp_path: Pa
     AggregateHours(plain).changed()
     for hour in (H1, H2):
         assert storage.get(lake.aggregate_key(hour)) == plain.get(lake.aggregate_key(hour))
+
+
+def test_raw_files_expired_under_a_parquet_lake_lose_no_curated_reading(tmp_path: Path) -> None:
+    """An S3 lifecycle rule may expire raw files whatever the format: with Parquet parts the
+    curated hour is rebuilt from them plus the late file, and the aggregate is left as it
+    was rather than rewritten from the late file alone."""
+    storage = MemoryStorage()
+    truth = lake_with_duplicates(storage, random.Random(9))
+    clock = after(H2, 600)
+    curate = CurateHours(storage, clock, ParquetFormat(), grace=600)
+    service = AggregateHours(storage)
+    raw = service.raw_hours()
+    service.changed(inputs=curate.aggregation_inputs(raw))
+    curate.changed(raw)
+    before = storage.get(lake.aggregate_key(H1))
+    for key in storage.list(lake.raw_prefix(H1)):  # expired by the lifecycle rule
+        storage.delete(key)
+    late = Record("late", "v0", H1 + timedelta(minutes=1), clock.now(), {"Vehicle.Speed": 1.5})
+    write_raw(storage, H1, "late", [late])
+    raw = service.raw_hours()
+    service.changed(inputs=curate.aggregation_inputs(raw))
+    assert [r.hour for r in curate.changed(raw)] == [H1]
+    assert storage.get(lake.aggregate_key(H1)) == before
+    same_readings(curated_readings(storage, ParquetFormat(), H1),
+                  in_order([*truth[H1], late]))

@@ -76,6 +76,14 @@ class JsonLinesGzip:
         return _record_lines.decode_lines(gzip.decompress(data))
 
 
+_JSONL = JsonLinesGzip()
+
+
+def _raw_like(key: str) -> bool:
+    """A curated part in the raw line format (readable wherever raw files are)."""
+    return key.endswith("." + JsonLinesGzip.extension)
+
+
 # ---------------------------------------------------------------- the pure part
 
 
@@ -270,8 +278,14 @@ class CurateHours:
         out = dict(raw_hours)
         for text, done in self.state().hours.items():
             present = out.get(text, [])
-            if set(done.sources) - set(present):
+            if not set(done.sources) - set(present):
+                continue
+            if all(_raw_like(k) for k in done.parts):
                 out[text] = sorted({*present, *done.parts})
+            else:
+                # Parquet parts cannot be read as raw lines: the hour's aggregate stays as it
+                # is rather than be rewritten from what is left of its raw files.
+                out.pop(text, None)
         return out
 
     # ------------------------------------------------------------ work
@@ -316,7 +330,8 @@ class CurateHours:
             gone = set(done.sources) - sources
             if gone:  # retired raw files: their readings are in the current curated parts
                 for key in done.parts:
-                    records.extend(self.fmt.decode(self.storage.get(key)))
+                    fmt = _JSONL if _raw_like(key) else self.fmt
+                    records.extend(fmt.decode(self.storage.get(key)))
                 sources |= gone
         readings = distinct_sorted(records)
         del records
@@ -352,9 +367,10 @@ class CurateHours:
         except msgspec.DecodeError as exc:
             raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
 
-    def retire(self) -> list[RetireResult]:
+    def retire(self, raw_hours: dict[str, list[str]] | None = None) -> list[RetireResult]:
         """Delete the raw files of curated hours older than the retention (none without one):
-        only the files the curated copy was built from."""
+        only the files the curated copy was built from. `raw_hours`: the raw files per hour,
+        when the caller has listed them already."""
         if self.raw_retention is None:
             return []
         now = self.clock.now()
@@ -363,7 +379,10 @@ class CurateHours:
             hour = lake.parse_hour(text)
             if now < hour + HOUR + self.raw_retention:
                 continue
-            present = set(self.storage.list(lake.raw_prefix(hour)))
+            if raw_hours is None:
+                present = set(self.storage.list(lake.raw_prefix(hour)))
+            else:
+                present = set(raw_hours.get(text, ()))
             gone = [k for k in done.sources if k in present]
             for k in gone:
                 self.storage.delete(k)

@@ -158,7 +158,7 @@ def _curate(curation: Any, raw: dict[str, list[str]], run: Any) -> None:
         event(log, "hour_curated", hour=format_hour(c.hour), parts=len(c.parts),
               readings=c.readings, raw_records=c.raw_records, raw_files=c.raw_files,
               bytes=c.bytes, removed=c.removed)
-    retired = curation.retire()
+    retired = curation.retire(raw)
     for t in retired:
         event(log, "raw_retired", hour=format_hour(t.hour), files=len(t.removed))
     print(f"curated {len(curated)} hour(s)"
