@@ -1,12 +1,14 @@
-"""`telemetry aggregate` killed (SIGKILL) while it rewrites a curated hour: the hour's manifest
-names either the old parts or the new ones, all there and readable, and the next run
-completes the hour."""
+"""`telemetry aggregate` killed (SIGKILL) while it rewrites a curated hour, on the filesystem
+lake and on S3 (the shared moto server): the hour's manifest names either the old parts or the
+new ones, all there and readable, and the next run completes the hour."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 from telemetry.adapters.filesystem import FilesystemStorage
 from telemetry.domain import lake
 from telemetry.domain.curation import JsonLinesGzip, curated_prefix, read_manifest
+from telemetry.domain.ports import Storage
 from telemetry.domain.readings import Record, encode_records
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +40,7 @@ def records(first: int, n: int) -> list[Record]:
     ]
 
 
-def curated(storage: FilesystemStorage) -> set[str]:
+def curated(storage: Storage) -> set[str]:
     """The reading ids the manifest's parts hold; every part it names must be readable."""
     manifest = read_manifest(storage, HOUR)
     assert manifest is not None
@@ -46,13 +49,34 @@ def curated(storage: FilesystemStorage) -> set[str]:
     return set(ids)
 
 
+@contextlib.contextmanager
+def _lake(backend: str, tmp_path: Path, env: dict[str, str]) -> Iterator[Storage]:
+    """The lake the test looks at, and `env` pointed at it for the processes."""
+    if backend == "filesystem":
+        yield FilesystemStorage(tmp_path / "data" / "lake")
+        return
+    from tests import moto_server
+
+    with moto_server.aws_target("moto_server") as target:
+        storage = target.storage("fleet")
+        env.update(moto_server.server_env({}))
+        env.update(TELEMETRY_STORAGE="s3", TELEMETRY_S3_BUCKET=storage.bucket,
+                   TELEMETRY_S3_PREFIX="fleet")
+        yield storage
+
+
+@pytest.mark.parametrize("backend", ["filesystem", "s3"])
 @pytest.mark.parametrize("point", ["curate.after_part:2", "curate.after_manifest"])
 def test_a_killed_curation_leaves_the_old_or_the_new_hour_and_the_next_run_completes_it(
-    tmp_path: Path, point: str
+    tmp_path: Path, point: str, backend: str
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
     env.update(TELEMETRY_DATA_DIR=str(tmp_path / "data"), TELEMETRY_CURATED_PART_BYTES="4000")
-    storage = FilesystemStorage(tmp_path / "data" / "lake")
+    with _lake(backend, tmp_path, env) as storage:
+        _kill_and_complete(storage, env, point)
+
+
+def _kill_and_complete(storage: Storage, env: dict[str, str], point: str) -> None:
     storage.put(lake.raw_key(HOUR, "a", False), encode_records(records(0, 300)))
     out = aggregate(env)
     assert out.returncode == 0, out.stderr
