@@ -66,3 +66,15 @@ def test_parquet_gives_back_every_value_with_its_type(records: list[Record]) -> 
         assert {k: (type(v), v) for k, v in b.signals.items()} == {
             k: (type(v), v) for k, v in r.signals.items()
         }
+
+
+def test_no_curated_field_shares_its_name_with_a_partition_key() -> None:
+    import msgspec
+
+    from telemetry.domain.curation import Manifest
+
+    parquet = pytest.importorskip("telemetry.adapters.parquet")
+    keys = {"year", "month", "day", "hour"}
+    assert not keys & set(parquet.SCHEMA.names)
+    assert not keys & set(Record.__struct_fields__)
+    assert not keys & {f.name for f in msgspec.structs.fields(Manifest)}
