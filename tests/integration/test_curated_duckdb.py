@@ -15,7 +15,7 @@ from telemetry.adapters.parquet import ParquetFormat
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.curation import CuratedFormat, CurateHours, JsonLinesGzip
 from telemetry.domain.services import AggregateHours
-from tests.integration.test_curation import H2, lake_with_duplicates
+from tests.integration.test_curation import H2, lake_with_copies
 
 duckdb = pytest.importorskip("duckdb")
 
@@ -47,7 +47,7 @@ def test_duckdb_over_the_curated_hours_agrees_with_the_aggregates(
     root = tmp_path / "lake"
     storage = FilesystemStorage(root)
     # No id used by two vehicles: the aggregation still dedupes by reading_id alone here.
-    lake_with_duplicates(storage, random.Random(13), shared_id=False)
+    lake_with_copies(storage, random.Random(13), shared_id=False)
     chosen: CuratedFormat = ParquetFormat() if fmt == "parquet" else JsonLinesGzip()
     service = AggregateHours(storage)
     raw = service.raw_hours()

@@ -70,7 +70,7 @@ def write_raw(storage: Storage, hour: datetime, name: str, records: list[Record]
     return key
 
 
-def lake_with_duplicates(
+def lake_with_copies(
     storage: Storage, rng: random.Random, *, shared_id: bool = True
 ) -> dict[datetime, list[Record]]:
     """Two hours, three workers' files each, a third of the readings stored twice (one copy
@@ -135,7 +135,7 @@ def test_curated_hours_hold_each_distinct_reading_once_in_order_within_the_targe
     storage: Storage, fmt_name: str
 ) -> None:
     fmt = FORMATS[fmt_name]()
-    truth = lake_with_duplicates(storage, random.Random(15))
+    truth = lake_with_copies(storage, random.Random(15))
     clock = after(H2, 600)
     target = 8_000
     curate = CurateHours(storage, clock, fmt, grace=600, part_bytes=target)
@@ -181,7 +181,7 @@ def test_an_open_hour_waits_for_the_grace_period(storage: Storage) -> None:
 def test_a_late_reading_re_curates_only_its_hour(storage: Storage, fmt_name: str) -> None:
     fmt = FORMATS[fmt_name]()
     rng = random.Random(3)
-    truth = lake_with_duplicates(storage, rng)
+    truth = lake_with_copies(storage, rng)
     clock = after(H2, 600)
     CurateHours(storage, clock, fmt, grace=600, part_bytes=30_000).changed(
         AggregateHours(storage).raw_hours())
@@ -201,7 +201,7 @@ def test_a_late_reading_re_curates_only_its_hour(storage: Storage, fmt_name: str
 def test_curation_leaves_the_aggregates_byte_for_byte_as_they_were(tmp_path: Path) -> None:
     plain, curated = MemoryStorage(), MemoryStorage()
     for s in (plain, curated):
-        lake_with_duplicates(s, random.Random(7))
+        lake_with_copies(s, random.Random(7))
     AggregateHours(plain).changed()
     service = AggregateHours(curated)
     curate = CurateHours(curated, after(H2, 600), ParquetFormat(), grace=600)
@@ -216,9 +216,9 @@ def test_curation_leaves_the_aggregates_byte_for_byte_as_they_were(tmp_path: Pat
 
 def test_raw_files_go_after_the_retention_and_never_before_curation(tmp_path: Path) -> None:
     storage = FilesystemStorage(tmp_path / "lake")
-    truth = lake_with_duplicates(storage, random.Random(5))
+    truth = lake_with_copies(storage, random.Random(5))
     plain = MemoryStorage()
-    lake_with_duplicates(plain, random.Random(5))
+    lake_with_copies(plain, random.Random(5))
     clock = after(H2, 0)  # H1 closed (grace 600 s), H2 not yet
     day = 86_400.0
     curate = CurateHours(storage, clock, JsonLinesGzip(), grace=600, raw_retention=day)
@@ -254,7 +254,7 @@ def test_raw_files_expired_under_a_parquet_lake_lose_no_curated_reading(tmp_path
     curated hour is rebuilt from them plus the late file, and the aggregate is left as it
     was rather than rewritten from the late file alone."""
     storage = MemoryStorage()
-    truth = lake_with_duplicates(storage, random.Random(9))
+    truth = lake_with_copies(storage, random.Random(9))
     clock = after(H2, 600)
     curate = CurateHours(storage, clock, ParquetFormat(), grace=600)
     service = AggregateHours(storage)
