@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from telemetry.domain.errors import NotFound, QueueUnavailable
-from telemetry.domain.ports import Message, StoredKey
+from telemetry.domain.ports import Message, QueueDepth, StoredKey
 
 
 class FakeClock:
@@ -46,6 +46,7 @@ class _Entry:
     visible_at: float = 0.0
     receive_count: int = 0
     receipt: str = ""
+    sent_at: float = 0.0
 
 
 class MemoryQueue:
@@ -86,7 +87,7 @@ class MemoryQueue:
         with self._lock:
             for b in bodies:
                 mid = f"m{next(self._seq)}"
-                self.messages[mid] = _Entry(mid, bytes(b))
+                self.messages[mid] = _Entry(mid, bytes(b), sent_at=self._time())
             self._lock.notify_all()
 
     def receive(self, max_messages: int, wait_seconds: float = 0.0) -> list[Message]:
@@ -151,13 +152,22 @@ class MemoryQueue:
         with self._lock:
             n = len(self.dead)
             for mid, e in self.dead.items():
-                self.messages[mid] = _Entry(mid, e.body)
+                self.messages[mid] = _Entry(mid, e.body, sent_at=e.sent_at)
             self.dead.clear()
             self._lock.notify_all()
             return n
 
     def check(self) -> None:
         self._guard()
+
+    def depth(self) -> QueueDepth:
+        self._guard()
+        with self._lock:
+            now = self._time()
+            visible = sum(1 for e in self.messages.values() if e.visible_at <= now)
+            oldest = min((e.sent_at for e in self.messages.values()), default=now)
+            return QueueDepth(visible, len(self.messages) - visible, len(self.dead),
+                              max(0.0, now - oldest))
 
 
 class MemoryStorage:

@@ -56,7 +56,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from telemetry.domain.errors import QueueUnavailable
-from telemetry.domain.ports import Message
+from telemetry.domain.ports import Message, QueueDepth
 
 _POLL_FIRST = 0.01  # long-poll interval, doubling up to _POLL_MAX while the queue stays empty
 _POLL_MAX = 0.1
@@ -175,6 +175,12 @@ _REDRIVE = (
 )
 _CLEAR_DEAD = "DELETE FROM dead_letters"
 _CHECK = "SELECT 1 FROM messages LIMIT 1"
+_DEPTH = (
+    "SELECT (SELECT count(*) FROM messages WHERE visible_at <= ?), "
+    "(SELECT count(*) FROM messages WHERE visible_at > ?), "
+    "(SELECT count(*) FROM dead_letters), "
+    "(SELECT min(b.sent_at) FROM messages AS m JOIN bodies AS b ON b.id = m.id)"
+)
 _IS_LAYOUT_1 = "SELECT count(*) FROM pragma_table_info('messages') WHERE name = 'body'"
 
 
@@ -332,6 +338,13 @@ class SqliteQueue:
             db.execute(_CHECK).fetchall()
 
     # -------------------------------------------------------------- beyond the port
+
+    def depth(self) -> QueueDepth:
+        with self._transaction(None, "depth") as db:
+            now = self._time()
+            visible, in_flight, dead, oldest = db.execute(_DEPTH, (now, now)).fetchone()
+        age = None if oldest is None else max(0.0, now - oldest)
+        return QueueDepth(visible, in_flight, dead, 0.0 if age is None else age)
 
     def close(self) -> None:
         """Close this process's connection; the queue raises QueueUnavailable afterwards."""

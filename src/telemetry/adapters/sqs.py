@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from telemetry.adapters.aws_client import make_client
 from telemetry.domain.errors import QueueUnavailable
-from telemetry.domain.ports import Message
+from telemetry.domain.ports import Message, QueueDepth
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -305,6 +305,24 @@ class SqsQueue:
     def check(self) -> None:
         with _translated("check"):
             self._client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+
+    # -------------------------------------------------------------- beyond the port
+
+    def depth(self) -> QueueDepth:
+        """The approximate counts SQS gives; the oldest message's age it publishes to
+        CloudWatch only (`telemetry triggers` takes it from what the workers saw instead)."""
+        names: list[Any] = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        with _translated("depth"):
+            attrs = self._client.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=names).get("Attributes", {})
+            dead: int | None = None
+            dlq = self._dead_letter_url()
+            if dlq is not None:
+                dead = int(self._client.get_queue_attributes(
+                    QueueUrl=dlq, AttributeNames=names[:1]
+                ).get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
+        return QueueDepth(int(attrs.get("ApproximateNumberOfMessages", 0)),
+                          int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)), dead, None)
 
     # -------------------------------------------------------------- helpers
 

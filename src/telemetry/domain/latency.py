@@ -33,6 +33,9 @@ class LatencyDistribution:
     count: int = 0
     max_ms: float = 0.0
     negative: int = 0  # values below zero (vehicle clock ahead), recorded as 0
+    # the sum of the values as recorded (a Prometheus histogram's _sum); rounding differs by
+    # merge order, so it takes no part in equality
+    total_ms: float = field(default=0.0, compare=False)
 
     def add(self, ms: float, weight: int = 1) -> None:
         if weight <= 0:
@@ -43,6 +46,7 @@ class LatencyDistribution:
         b = _bucket(ms)
         self.counts[b] = self.counts.get(b, 0) + weight
         self.count += weight
+        self.total_ms += ms * weight
         self.max_ms = max(self.max_ms, ms)
 
     def add_many(self, values_ms: Iterable[float]) -> None:
@@ -71,10 +75,12 @@ class LatencyDistribution:
             counts[b] = counts.get(b, 0) + (j - i)
             i = j
         self.count += n
+        self.total_ms += math.fsum(vals[bisect_left(vals, 0):])
         self.max_ms = max(self.max_ms, vals[-1])
 
     def merge(self, other: LatencyDistribution) -> LatencyDistribution:
-        out = LatencyDistribution(dict(self.counts), self.count, self.max_ms, self.negative)
+        out = LatencyDistribution(dict(self.counts), self.count, self.max_ms, self.negative,
+                                  self.total_ms + other.total_ms)
         for b, c in other.counts.items():
             out.counts[b] = out.counts.get(b, 0) + c
         out.count += other.count
@@ -93,6 +99,11 @@ class LatencyDistribution:
             if seen >= rank:
                 return min(_upper_ms(b), self.max_ms)
         return self.max_ms
+
+    def count_below(self, ms: float) -> int:
+        """How many values were recorded in buckets that end at or below `ms`: a Prometheus
+        bucket `le`, low by at most the values within 1% under the bound."""
+        return sum(c for b, c in self.counts.items() if _upper_ms(b) <= ms)
 
     def summary(self) -> dict[str, float]:
         return {

@@ -85,6 +85,25 @@ class Queue(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """How much waits in a queue, as the backend tells it; None where it cannot say."""
+
+    visible: int
+    in_flight: int
+    dead_letters: int | None
+    oldest_age_s: float | None  # SQS publishes it to CloudWatch only, so None there
+
+
+@runtime_checkable
+class QueueDepthProbe(Protocol):
+    """What metrics and `telemetry triggers` read of a queue."""
+
+    def depth(self) -> QueueDepth:
+        """Raise QueueUnavailable unless the queue answers."""
+        ...
+
+
 @runtime_checkable
 class Storage(Protocol):
     """Object storage for the lake: whole-object writes, listing by prefix."""

@@ -164,6 +164,8 @@ class PollResult:
     received: int = 0
     files: list[FileWritten] = field(default_factory=list)
     poison: list[tuple[str, str]] = field(default_factory=list)  # (message id, why)
+    first_receives: int = 0  # messages received for the first time: sends, as the worker sees
+    oldest_age_ms: float | None = None  # the longest a received message had waited since ingest
 
 
 class DrainBatches:
@@ -235,12 +237,18 @@ class DrainBatches:
         result = PollResult(received=len(messages))
         ready: list[Batch] = []
         redelivered: set[int] = set()
+        now_ms = epoch_ms(self.clock.now()) if messages else 0
         for m in messages:
+            if m.receive_count <= 1:
+                result.first_receives += 1
             try:
                 part = _checked(unpack(m.body, m.receipt))
             except PoisonMessage as exc:
                 result.poison.append((m.message_id, str(exc)))
                 continue
+            age = float(now_ms - part.received_at_ms)
+            if result.oldest_age_ms is None or age > result.oldest_age_ms:
+                result.oldest_age_ms = age
             ready.extend(self.batcher.add(part, self.clock.monotonic()))
             if m.receive_count > 1:
                 redelivered.add(part.hour)
@@ -445,6 +453,9 @@ class AggregateResult:
 class _State(msgspec.Struct):
     version: int = 1
     hours: dict[str, list[str]] = {}
+    # hour -> [raw lines, distinct readings] at its last aggregation: the duplicate rate of
+    # ADR 0001's triggers
+    counts: dict[str, list[int]] = {}
 
 
 _state_decoder = msgspec.json.Decoder(_State)
@@ -592,10 +603,7 @@ class AggregateHours:
         """Aggregate every hour whose raw files differ from the last run's (all, the first
         time), one after the other here, or by `run` (which may use other processes).
         `inputs`: the files of each hour, when not `raw_hours()` (see `CurateHours`)."""
-        try:
-            state = _state_decoder.decode(self.storage.get(lake.AGGREGATE_STATE))
-        except NotFound:
-            state = _State()
+        state = self._state()
         todo = [
             (lake.parse_hour(hour_text), keys)
             for hour_text, keys in sorted((inputs or self.raw_hours()).items())
@@ -606,10 +614,23 @@ class AggregateHours:
         for r in (run or self._run_here)(todo):
             hour_text = lake.format_hour(r.hour)
             state.hours[hour_text] = sorted(keys_of[hour_text])
+            state.counts[hour_text] = [r.raw_records, r.readings]
             results.append(r)
             # Saved after every hour: a crash costs at most one hour's work again.
             self.storage.put(lake.AGGREGATE_STATE, _state_encoder.encode(state))
         return sorted(results, key=lambda r: r.hour)
+
+    def _state(self) -> _State:
+        try:
+            return _state_decoder.decode(self.storage.get(lake.AGGREGATE_STATE))
+        except NotFound:
+            return _State()
+
+    def counts(self) -> dict[datetime, tuple[int, int]]:
+        """Hour -> (raw lines, distinct readings) as of each hour's last aggregation (hours
+        aggregated before these were recorded are missing)."""
+        return {lake.parse_hour(h): (c[0], c[1]) for h, c in self._state().counts.items()
+                if len(c) == 2}
 
     def _run_here(self, todo: Todo) -> Iterator[AggregateResult]:
         return (self.hour(h, keys) for h, keys in todo)

@@ -56,12 +56,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from telemetry.entrypoints.worker import Worker
+    from telemetry.entrypoints.worker_observers import observers
 
     s = _settings()
     container = create_container(s)
     stop = threading.Event()
     deadline = s.shutdown_deadline
-    worker = Worker(container.drain_batches(), stop, shutdown_deadline=deadline)
+    drain = container.drain_batches()
+    watch = observers(s, drain)
+    worker = Worker(drain, stop, shutdown_deadline=deadline, observers=watch.all)
 
     def past_deadline() -> None:
         # A write still hanging (a slow lake): whatever is not stored yet is not deleted
@@ -84,8 +87,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    event(log, "worker_started", queue=s.queue, storage=s.storage, once=args.once)
-    stats = worker.run(once=args.once)
+    event(log, "worker_started", queue=s.queue, storage=s.storage, once=args.once,
+          metrics=watch.server.url + "/metrics" if watch.server else None,
+          state_key=watch.publisher.key)
+    try:
+        stats = worker.run(once=args.once)
+    finally:
+        watch.close()
     event(
         log,
         "worker_stopped",
@@ -314,9 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.add_parser(sub)
 
-    from telemetry.entrypoints import aws
+    from telemetry.entrypoints import aws, triggers
 
     aws.add_parser(sub)
+    triggers.add_parser(sub)
     return p
 
 

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from telemetry.domain import triggers
+
 T = TypeVar("T")
 MiB = 1024 * 1024
 
@@ -63,6 +65,18 @@ class Settings:
     curated_part_bytes: int = 128 * MiB
     raw_retention: float = 0.0  # seconds after an hour's end; 0 keeps raw files forever
     shutdown_deadline: float = 25.0
+    # the worker's Prometheus /metrics: 0 = no listener (several workers on a host need a port
+    # each); loopback unless told otherwise
+    worker_metrics_port: int = 0
+    worker_metrics_host: str = "127.0.0.1"
+    # seconds between a worker's publications of what it saw to the lake (_state/workers/)
+    worker_state_every: float = 15.0
+    # ADR 0001's triggers (defaults in telemetry.domain.triggers)
+    trigger_send_rate: float = triggers.SEND_RATE_PER_S
+    trigger_duplicate_rate: float = triggers.DUPLICATE_RATE
+    trigger_oldest_age: float = triggers.OLDEST_AGE_S
+    trigger_latency_margin: float = triggers.LATENCY_MARGIN_S
+    trigger_window: float = triggers.WINDOW_S
     # logs
     log_format: str = "text"
     log_level: str = "INFO"
@@ -78,6 +92,16 @@ class Settings:
     @property
     def keys_path(self) -> Path:
         return self.keys_file if self.keys_file is not None else self.data_dir / "keys.json"
+
+    @property
+    def thresholds(self) -> triggers.Thresholds:
+        return triggers.Thresholds(
+            send_rate_per_s=self.trigger_send_rate,
+            duplicate_rate=self.trigger_duplicate_rate,
+            oldest_age_s=self.trigger_oldest_age,
+            latency_margin_s=self.trigger_latency_margin,
+            window_s=self.trigger_window,
+        )
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -112,6 +136,13 @@ def _positive(conv: Callable[[str], T]) -> Callable[[str], T]:
         return v
 
     return parse
+
+
+def _port(text: str) -> int:
+    v = int(text)
+    if not 0 <= v <= 65535:
+        raise ValueError("must be a port number, 0 to 65535 (0: off)")
+    return v
 
 
 def _not_negative(text: str) -> float:
@@ -164,6 +195,14 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "curated_part_bytes": _positive(int),
     "raw_retention": _not_negative,
     "shutdown_deadline": _positive(float),
+    "worker_metrics_port": _port,
+    "worker_metrics_host": str.strip,
+    "worker_state_every": _positive(float),
+    "trigger_send_rate": _positive(float),
+    "trigger_duplicate_rate": _not_negative,
+    "trigger_oldest_age": _not_negative,
+    "trigger_latency_margin": _not_negative,
+    "trigger_window": _positive(float),
     "log_format": _choice("text", "json"),
     "log_level": _choice("debug", "info", "warning", "error"),
 }
@@ -208,6 +247,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if s.raw_retention and not s.curate:
         raise ConfigError("TELEMETRY_RAW_RETENTION: needs TELEMETRY_CURATE=true; raw files "
                           "go only once their hour is curated")
+    if s.trigger_window < 2:
+        raise ConfigError("TELEMETRY_TRIGGER_WINDOW: must be at least 2 seconds")
     if s.max_message_bytes < 4096:
         raise ConfigError("TELEMETRY_MAX_MESSAGE_BYTES: must be at least 4096")
     return s

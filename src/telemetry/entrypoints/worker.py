@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from telemetry.domain.errors import QueueUnavailable, StorageUnavailable
 from telemetry.domain.latency import LatencyDistribution
-from telemetry.domain.services import DrainBatches, FileWritten
+from telemetry.domain.services import DrainBatches, FileWritten, PollResult
 from telemetry.entrypoints.logs import event
 
 log = logging.getLogger("telemetry.worker")
@@ -36,6 +38,24 @@ class WorkerStats:
         self.bytes += other.bytes
         self.received_to_stored = self.received_to_stored.merge(other.received_to_stored)
         self.ts_to_stored = self.ts_to_stored.merge(other.ts_to_stored)
+
+
+class WorkerObserver(Protocol):
+    """Told what the worker does, on the worker's thread: metrics, the published state."""
+
+    def polled(self, result: PollResult) -> None: ...
+
+    def stored(self, files: Sequence[FileWritten]) -> None: ...
+
+    def faulted(self, new_episode: bool) -> None:
+        """A fault; retried after a backoff. `new_episode` for the first of a run of them."""
+        ...
+
+    def idle(self) -> None:
+        """Between polls: periodic work, kept short."""
+        ...
+
+    def stopped(self) -> None: ...
 
 
 FAULTS = (QueueUnavailable, StorageUnavailable, OSError)
@@ -65,6 +85,7 @@ class Worker:
         min_backoff: float = MIN_BACKOFF,
         max_backoff: float = 30.0,
         shutdown_deadline: float = 25.0,
+        observers: Sequence[WorkerObserver] = (),
     ) -> None:
         self.drain = drain
         self.stop = stop or threading.Event()
@@ -76,11 +97,14 @@ class Worker:
         self.clean = False  # everything held was stored and deleted when run returned
         self.stats = WorkerStats()
         self._fault: str | None = None
+        self.observers = list(observers)
 
     def _now(self) -> float:
         return self.drain.clock.monotonic()
 
     def _written(self, files: list[FileWritten]) -> None:
+        for o in self.observers:
+            o.stored(files)
         for f in files:
             self.stats.record(f)
             event(
@@ -105,12 +129,18 @@ class Worker:
         """One poll; returns False when `once` and the queue answered empty."""
         result = self.drain.poll(0.0 if once else self.poll_wait)
         self._recovered()
+        for o in self.observers:
+            o.polled(result)
         for mid, why in result.poison:
             event(log, "poison_message", logging.WARNING, message_id=mid, reason=why)
         self._written(result.files)
+        for o in self.observers:
+            o.idle()
         return not (once and result.received == 0)
 
     def _faulted(self, exc: Exception, retry_in: float) -> None:
+        for o in self.observers:
+            o.faulted(self._fault is None)
         if self._fault is None:
             event(log, "fault", logging.ERROR, error=str(exc), retry_in_s=retry_in,
                   held_batches=len(self.drain.held))
@@ -135,6 +165,8 @@ class Worker:
             if not more:
                 break
         self._shutdown()
+        for o in self.observers:
+            o.stopped()
         return self.stats
 
     def _back_off(self, seconds: float) -> None:

@@ -1,0 +1,45 @@
+"""What watches a worker, from the settings: the state it publishes to the lake, and its
+Prometheus metrics with their listener when TELEMETRY_WORKER_METRICS_PORT is set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from telemetry.domain.ports import QueueDepthProbe
+from telemetry.domain.services import DrainBatches
+from telemetry.entrypoints.ops_server import OpsServer
+from telemetry.entrypoints.settings import ConfigError, Settings
+from telemetry.entrypoints.worker import WorkerObserver
+from telemetry.entrypoints.worker_metrics import WorkerMetrics
+from telemetry.entrypoints.worker_publish import StatePublisher
+
+
+@dataclass
+class Observers:
+    metrics: WorkerMetrics
+    publisher: StatePublisher
+    server: OpsServer | None = None
+    all: list[WorkerObserver] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def observers(settings: Settings, drain: DrainBatches, *, listen: bool = True) -> Observers:
+    queue = drain.queue
+    depth = queue.depth if isinstance(queue, QueueDepthProbe) else None
+    metrics = WorkerMetrics(depth)
+    publisher = StatePublisher(drain.storage, window_s=settings.trigger_window,
+                               every=settings.worker_state_every)
+    out = Observers(metrics, publisher, all=[metrics, publisher])
+    if listen and settings.worker_metrics_port:
+        try:
+            out.server = OpsServer(metrics.registry, settings.worker_metrics_host,
+                                   settings.worker_metrics_port).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"TELEMETRY_WORKER_METRICS_PORT={settings.worker_metrics_port}: cannot listen "
+                f"on {settings.worker_metrics_host}: {exc}") from exc
+        metrics.refresh_depth()
+    return out
