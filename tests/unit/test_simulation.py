@@ -405,4 +405,5 @@ def test_simulate_draws_a_progress_bar_on_stderr_when_asked(
     simulate("http://unused", "k", vehicles=2, rate=10, duration=0.5, progress=True,
              client_factory=lambda: _FakeClient([]))
     err = capsys.readouterr().err
-    assert "\rsimulate [" in err and "100%" in err and err.endswith("\n")
+    assert "\rsimulate [" in err and "100%" in err and "readings/s" in err
+    assert err.endswith("\n")

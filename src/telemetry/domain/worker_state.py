@@ -196,9 +196,10 @@ def window(states: Iterable[WorkerState], now: float, seconds: float) -> Window:
                   None if latest is None else receives[latest])
 
 
-def worker_name(host: str, pid: int) -> str:
+def worker_name(host: str, pid: int, token: str) -> str:
+    """Unique per worker: a host runs many processes, a process (the demo) several workers."""
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in host) or "host"
-    return f"{safe}-{pid}"
+    return f"{safe}-{pid}-{token}"
 
 
 def format_time(epoch: float) -> str:

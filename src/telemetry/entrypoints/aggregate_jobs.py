@@ -29,6 +29,7 @@ from telemetry.domain.services import (
     Todo,
     shared_ids,
 )
+from telemetry.entrypoints.progress import Progress
 
 MakeService = Callable[[], AggregateHours]
 
@@ -43,6 +44,26 @@ def default_jobs() -> int:
 def runner(make_service: MakeService, jobs: int) -> Callable[[Todo], Iterator[AggregateResult]]:
     """An `HourRunner` over `jobs` processes."""
     return lambda todo: run(make_service, todo, jobs)
+
+
+def with_progress(run_hours: Callable[[Todo], Iterator[AggregateResult]]
+                  ) -> Callable[[Todo], Iterator[AggregateResult]]:
+    """`run_hours` with a progress line: hours done, raw lines a second, time left."""
+
+    def wrapped(todo: Todo) -> Iterator[AggregateResult]:
+        bar = Progress("aggregate", len(todo), unit="hours", items_unit="raw lines")
+        done = lines = 0
+        bar.update(0, 0, force=True)
+        try:
+            for r in run_hours(todo):
+                done += 1
+                lines += r.raw_records
+                bar.update(done, lines, force=done == len(todo))
+                yield r
+        finally:
+            bar.close()
+
+    return wrapped
 
 
 def run(make_service: MakeService, todo: Todo, jobs: int) -> Iterator[AggregateResult]:

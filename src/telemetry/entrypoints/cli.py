@@ -137,13 +137,14 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
         inputs = {format_hour(hour): keys}
         if curation is not None:
             inputs = curation.aggregation_inputs(inputs)
-        results = list(aggregate_jobs.run(make_service, [(hour, inputs.get(format_hour(hour),
-                                                                          keys))], jobs))
+        run = aggregate_jobs.with_progress(aggregate_jobs.runner(make_service, jobs))
+        results = list(run([(hour, inputs.get(format_hour(hour), keys))]))
         raw = {format_hour(hour): keys} if keys else {}
     else:
         raw = service.raw_hours()
         inputs = raw if curation is None else curation.aggregation_inputs(raw)
-        results = service.changed(aggregate_jobs.runner(make_service, jobs), inputs)
+        results = service.changed(
+            aggregate_jobs.with_progress(aggregate_jobs.runner(make_service, jobs)), inputs)
     for r in results:
         event(log, "hour_aggregated", hour=format_hour(r.hour), key=r.key, files=r.files,
               raw_records=r.raw_records, readings=r.readings, vehicles=r.vehicles,
@@ -322,10 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.add_parser(sub)
 
-    from telemetry.entrypoints import aws, triggers
+    from telemetry.entrypoints import aws, report, triggers
 
     aws.add_parser(sub)
     triggers.add_parser(sub)
+    report.add_parser(sub)
     return p
 
 

@@ -30,11 +30,13 @@ from telemetry.domain import lake
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.readings import Record
-from telemetry.entrypoints import logs
+from telemetry.entrypoints import logs, report
+from telemetry.entrypoints.aggregate_jobs import with_progress
 from telemetry.entrypoints.container import Container, create_container
 from telemetry.entrypoints.settings import load_settings
 from telemetry.entrypoints.simulate import simulate
 from telemetry.entrypoints.worker import Worker
+from telemetry.entrypoints.worker_observers import observers
 
 
 def free_port() -> int:
@@ -171,7 +173,9 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
     )
     print(f"data dir {data_dir}; ingest on {url} (pid {server.pid}); run {run_id}")
     stop = threading.Event()
-    worker = Worker(container.drain_batches(), stop, poll_wait=0.5)
+    drain = container.drain_batches()
+    watch = observers(settings, drain)
+    worker = Worker(drain, stop, poll_wait=0.5, observers=watch.all)
     worker_thread = threading.Thread(target=worker.run, name="worker", daemon=True)
     try:
         wait_healthy(url, server)
@@ -186,14 +190,24 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         server_log.close()
+        watch.close()
     # What the worker had not received when it stopped, a second pass drains (`worker --once`).
-    rest = Worker(container.drain_batches()).run(once=True)
+    drain = container.drain_batches()
+    rest = Worker(drain, observers=observers(settings, drain, listen=False).all).run(once=True)
     stats = worker.stats
     stats.merge(rest)
     t0 = time.monotonic()
-    results = container.aggregate_hours().changed()
+    service = container.aggregate_hours()
+    results = service.changed(with_progress(lambda todo: (service.hour(h, k) for h, k in todo)))
     agg_s = time.monotonic() - t0
-    return _report(container, sim, stats, results, prefix, agg_s)
+    code = _report(container, sim, stats, results, prefix, agg_s)
+    files = getattr(args, "replay_files", None)
+    vehicle = f"{prefix}-{files[0]}" if files else None  # as `_drive` names it
+    html = report.gather(container, settings, vehicle=vehicle,
+                         signal_hours=[r.hour for r in results],
+                         title=f"telemetry demo {run_id}")
+    print(f"HTML report: {report.write(data_dir / 'report.html', html)}")
+    return code
 
 
 def _drive(args: argparse.Namespace, url: str, api_key: str, prefix: str) -> Any:
@@ -204,7 +218,8 @@ def _drive(args: argparse.Namespace, url: str, api_key: str, prefix: str) -> Any
         print(f"simulating {args.vehicles} vehicles x {args.rate:g} Hz for {args.duration:g} s, "
               f"{batch} readings per request ...")
         return simulate(url, api_key, vehicles=args.vehicles, rate=args.rate,
-                        duration=args.duration, batch=batch, prefix=prefix, seed=args.seed)
+                        duration=args.duration, batch=batch, prefix=prefix, seed=args.seed,
+                        progress=sys.stderr.isatty())
     from telemetry.entrypoints.replay import format_stats, replay
 
     name, dbc, log, map_path = files
@@ -215,7 +230,8 @@ def _drive(args: argparse.Namespace, url: str, api_key: str, prefix: str) -> Any
     print(f"replaying {log.name} as {vehicle_id} (--time now, --speed max), {batch} readings "
           "per request ...")
     result = replay(dbc=dbc, log=log, vehicle_id=vehicle_id, map_path=map_path,
-                    time_mode="now", batch=batch, url=url, api_key=api_key)
+                    time_mode="now", batch=batch, url=url, api_key=api_key,
+                    progress=sys.stderr.isatty())
     for line in format_stats(result.stats):
         print(line)
     for problem in (result.fatal, result.stopped):

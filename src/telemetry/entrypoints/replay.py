@@ -32,6 +32,7 @@ from telemetry.adapters.canlog import (
 )
 from telemetry.adapters.ingest_client import ClientSummary, IngestClient
 from telemetry.domain.readings import MAX_VEHICLE_ID, MIN_TS, VEHICLE_ID_PATTERN
+from telemetry.entrypoints.progress import Progress
 
 _VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)
 # Contract default for the ingest's clock-skew check; a start later than this is refused there.
@@ -72,31 +73,14 @@ def _hopeless(err: object) -> bool:
     return getattr(err, "status", None) in (401, 403) or getattr(err, "body", None) == "gave up"
 
 
-class _Progress:
-    """A one-line bar on stderr, by log time, redrawn at most 5 times a second."""
+def _bar(span: LogSpan | None) -> Progress:
+    """By log time, when the log's span is known."""
+    total = span.last - span.first if span and span.last > span.first else None
+    return Progress("replay", total, unit="s of log", items_unit="readings", enabled=True)
 
-    def __init__(self, span: LogSpan | None, out: TextIO) -> None:
-        self.span = span
-        self.out = out
-        self._last = 0.0
 
-    def update(self, log_ts: float, readings: int, accepted: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < 0.2:
-            return
-        self._last = now
-        if self.span and self.span.last > self.span.first:
-            frac = (log_ts - self.span.first) / (self.span.last - self.span.first)
-            frac = min(1.0, max(0.0, frac))
-            bar = "#" * int(frac * 30)
-            head = f"[{bar:<30}] {100 * frac:3.0f}%"
-        else:
-            head = "[...]"
-        print(f"\rreplay {head} readings={readings} accepted={accepted}", end="",
-              file=self.out, flush=True)
-
-    def close(self) -> None:
-        print(file=self.out, flush=True)
+def _log_seconds(span: LogSpan | None, log_ts: float) -> float:
+    return max(0.0, log_ts - span.first) if span else 0.0
 
 
 def replay(
@@ -133,7 +117,7 @@ def replay(
     own_client = client is None and dry_run is None
     sender: Sender | None = IngestClient(url, api_key) if own_client else client
     result = ReplayResult(decoder.stats, ClientSummary(), 0.0)
-    bar = _Progress(span, sys.stderr) if progress else None
+    bar = _bar(span) if progress else None
     enc = msgspec.json.Encoder()
     pending: list[dict[str, Any]] = []
     pending_since = 0.0
@@ -180,7 +164,8 @@ def replay(
             if len(pending) >= batch:
                 flush()
             if bar:
-                bar.update(log_ts, readings, len(result.accepted_ids))
+                bar.update(_log_seconds(span, log_ts), readings,
+                           f"accepted={len(result.accepted_ids)}")
             if limit is not None and readings >= limit:
                 break  # before the next frame is read, so the stats end at the Nth reading
         flush()
@@ -199,7 +184,8 @@ def replay(
             done = span is not None and not (result.fatal or result.stopped or result.interrupted
                                              or (limit is not None and readings >= limit))
             end_ts = span.last if done and span else log_ts
-            bar.update(end_ts, readings, len(result.accepted_ids), force=True)
+            bar.update(_log_seconds(span, end_ts), readings,
+                       f"accepted={len(result.accepted_ids)}", force=True)
             bar.close()
         if sender is not None:
             result.summary = sender.summary

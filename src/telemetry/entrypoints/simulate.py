@@ -27,6 +27,7 @@ import msgspec
 from telemetry.adapters.ingest_client import ClientSummary, IngestClient
 from telemetry.domain.readings import MAX_VEHICLE_ID, MIN_TS, VEHICLE_ID_PATTERN
 from telemetry.domain.simulation import Fleet, FleetConfig, FleetStats, ticks
+from telemetry.entrypoints.progress import Progress
 
 _VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)
 
@@ -57,27 +58,6 @@ class SimulationResult:
 
 def _hopeless(err: object) -> bool:
     return getattr(err, "status", None) in (401, 403)
-
-
-class _Progress:
-    """A one-line bar on stderr, by simulated time, redrawn at most 5 times a second."""
-
-    def __init__(self, total: int, out: TextIO) -> None:
-        self.total = total
-        self.out = out
-        self._last = 0.0
-
-    def update(self, done: int, accepted: int, offline: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < 0.2:
-            return
-        self._last = now
-        frac = done / self.total
-        print(f"\rsimulate [{'#' * int(frac * 30):<30}] {100 * frac:3.0f}% "
-              f"accepted={accepted} offline={offline}  ", end="", file=self.out, flush=True)
-
-    def close(self) -> None:
-        print(file=self.out, flush=True)
 
 
 def simulate(
@@ -164,7 +144,8 @@ def simulate(
     threads = [threading.Thread(target=sender, daemon=True) for _ in range(senders)]
     for t in threads:
         t.start()
-    bar = _Progress(n, sys.stderr) if progress else None
+    bar = Progress("simulate", duration, unit="s", items_unit="readings",
+                   enabled=True) if progress else None
     pending: list[dict[str, Any]] = []
 
     def put(readings: list[dict[str, Any]]) -> None:
@@ -183,7 +164,9 @@ def simulate(
                 put(pending[:batch])
                 pending = pending[batch:]
             if bar:
-                bar.update(tick + 1, len(result.accepted_ids), fleet.offline)
+                accepted = len(result.accepted_ids)
+                bar.update((tick + 1) * dt, accepted,
+                           f"accepted={accepted} offline={fleet.offline}")
         # The run is over: every link comes back and delivers its backlog.
         pending.extend(fleet.flush())
         for i in range(0, len(pending), batch):
@@ -197,7 +180,8 @@ def simulate(
         for t in threads:
             t.join()
         if bar:
-            bar.update(n, len(result.accepted_ids), 0, force=True)
+            accepted = len(result.accepted_ids)
+            bar.update(duration, accepted, f"accepted={accepted}", force=True)
             bar.close()
     result.elapsed = time.monotonic() - began
     return result

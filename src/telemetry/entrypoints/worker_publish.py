@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -19,8 +20,8 @@ log = logging.getLogger("telemetry.worker")
 
 
 def slot_seconds(window_s: float) -> float:
-    """Thirty slots to a trigger window, none under a second."""
-    return max(1.0, window_s / 30)
+    """180 slots to a trigger window (5 s by default), none under a second."""
+    return max(1.0, window_s / 180)
 
 
 class StatePublisher:
@@ -32,7 +33,8 @@ class StatePublisher:
         self.storage = storage
         self.every = every
         self._time = time_source
-        self.state = WorkerState(name or worker_name(socket.gethostname(), os.getpid()),
+        self.state = WorkerState(name or worker_name(socket.gethostname(), os.getpid(),
+                                                     secrets.token_hex(3)),
                                  slot_seconds(window_s), window_s + slot_seconds(window_s))
         self.key = state_key(self.state.worker)
         self._published_at: float | None = None
