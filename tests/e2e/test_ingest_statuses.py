@@ -32,6 +32,7 @@ from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.readings import derive_reading_id
 from tests.e2e.conftest import Pipeline, free_port
 from tests.integration.http_support import gzip_bomb
+from tests.prometheus_text import samples
 
 pytestmark = pytest.mark.e2e
 
@@ -309,7 +310,7 @@ def test_readyz_metrics_and_schema(main) -> None:
     r = httpx.get(p.url + "/readyz")
     assert r.status_code == 200 and r.json()["queue"] == "ok"
     metrics = httpx.get(p.url + "/metrics").text
-    assert 'telemetry_ingest_requests_total{status="401",reason="unauthorized"}' in metrics
+    assert "telemetry_ingest_requests_total{reason=unauthorized,status=401}" in samples(metrics)
     assert "telemetry_enqueue_seconds_bucket" in metrics
     doc = httpx.get(p.url + "/schema").json()
     responses = doc["paths"]["/v1/readings"]["post"]["responses"]

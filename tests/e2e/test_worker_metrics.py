@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Pipeline, free_port
+from tests.prometheus_text import samples
 
 pytestmark = pytest.mark.e2e
 
@@ -18,13 +18,8 @@ pytestmark = pytest.mark.e2e
 def _scrape(url: str) -> dict[str, float]:
     r = httpx.get(url, timeout=10)
     assert r.status_code == 200
-    assert r.headers["content-type"].startswith("text/plain; version=")
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(r.text):
-        for s in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
-    return samples
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return samples(r.text)
 
 
 def test_worker_metrics_agree_with_the_lake(pipeline: Pipeline) -> None:
@@ -110,3 +105,40 @@ def test_a_taken_metrics_port_stops_the_worker_naming_the_setting(pipeline: Pipe
     assert out.returncode == 2
     assert "TELEMETRY_WORKER_METRICS_PORT" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_ingest_metrics_sum_over_its_processes(pipeline: Pipeline) -> None:
+    """`serve --workers 2` shares one port: whichever process answers a scrape, it counts the
+    requests of both."""
+    key = pipeline.create_key()
+    port = free_port()
+    pipeline.url = f"http://127.0.0.1:{port}"
+    serve = pipeline.start("serve", "--port", str(port), "--workers", "2", log_name="serve")
+    deadline = time.monotonic() + 60
+    while True:
+        assert serve.poll() is None, pipeline.log("serve")
+        try:
+            if httpx.get(pipeline.url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, pipeline.log("serve")
+        time.sleep(0.2)
+    now = datetime.now(UTC).isoformat()
+    pids: set[str] = set()
+    for i in range(40):  # new connections: the kernel spreads them over both processes
+        reading = {"vehicle_id": "car-1", "ts": now, "reading_id": f"p{i}",
+                   "signals": {"Vehicle.Speed": 1.0}}
+        with httpx.Client() as c:
+            r = c.post(pipeline.url + "/v1/readings", json={"readings": [reading]},
+                       headers={"X-API-Key": key}, timeout=30)
+        assert r.status_code == 202, r.text
+    for _ in range(10):
+        with httpx.Client() as c:
+            m = samples(c.get(pipeline.url + "/metrics", timeout=10).text)
+        assert m["telemetry_readings_accepted_total"] == 40
+        assert m["telemetry_ingest_requests_total{reason=accepted,status=202}"] == 40
+        assert m["telemetry_enqueue_seconds_count{outcome=ok}"] == 40
+        pids |= {k for k in m if k.startswith("telemetry_process_start_time_seconds")}
+    assert len(pids) == 2, pids
+    assert pipeline.stop(serve) == 0

@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -36,18 +38,30 @@ def _settings() -> Settings:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from telemetry.entrypoints.metrics import MULTIPROC_ENV
+
     s = _settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
-    uvicorn.run(
-        "telemetry.entrypoints.http:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=s.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    # Several processes share the port: each keeps its metrics in this directory, and whichever
+    # answers /metrics sums them all (docs/adr/0007-prometheus-metrics.md).
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        metrics_dir = tempfile.mkdtemp(prefix="telemetry-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        uvicorn.run(
+            "telemetry.entrypoints.http:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=s.log_level.lower(),
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -8,7 +8,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from telemetry.entrypoints.metrics import CONTENT_TYPE
 
 
 class OpsServer:
@@ -41,7 +43,7 @@ def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                self._answer(200, generate_latest(registry), CONTENT_TYPE)
             elif path == "/healthz":
                 self._answer(200, b'{"status":"ok"}', "application/json")
             else:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -51,6 +51,8 @@ class WorkerMetrics:
 
     def __init__(self, depth: Callable[[], QueueDepth] | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
+        # a `_created` series per counter only doubles the scrape
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = r = CollectorRegistry(auto_describe=True)
         self._depth = depth
         self._monotonic = monotonic
