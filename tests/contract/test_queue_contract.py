@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from telemetry.domain.ports import Message, Queue
+from telemetry.domain.ports import Message, Queue, QueueDepthProbe
 from tests.contract.conftest import STALE_RECEIPT_DELETES, QueueHarness
 
 
@@ -62,6 +62,25 @@ def test_send_receive_delete(queue: QueueHarness) -> None:
     queue.queue.delete([m.receipt])
     expire(queue)
     assert drain(queue) == []
+
+
+def test_depth_counts_visible_in_flight_and_dead_messages(queue: QueueHarness) -> None:
+    q = queue.queue
+    assert isinstance(q, QueueDepthProbe)
+    empty = q.depth()
+    assert (empty.visible, empty.in_flight) == (0, 0)
+    assert empty.oldest_age_s in (0.0, None)  # None: SQS publishes it to CloudWatch only
+    q.send(texts(3))
+    queue.advance(2)
+    [m] = q.receive(1)
+    d = q.depth()
+    assert (d.visible, d.in_flight) == (2, 1)
+    assert d.dead_letters in (0, None)
+    if d.oldest_age_s is not None:
+        assert d.oldest_age_s >= 2
+    q.delete([m.receipt])
+    drain(queue, delete=True)
+    assert (q.depth().visible, q.depth().in_flight) == (0, 0)
 
 
 def test_one_send_packs_many_bodies(queue: QueueHarness) -> None:

@@ -310,17 +310,22 @@ class SqsQueue:
 
     def depth(self) -> QueueDepth:
         """The approximate counts SQS gives; the oldest message's age it publishes to
-        CloudWatch only (`telemetry triggers` takes it from what the workers saw instead)."""
+        CloudWatch only (`telemetry triggers` takes it from what the workers saw instead). The
+        dead-letter count is None when that queue cannot be read (a worker's role need not)."""
         names: list[Any] = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         with _translated("depth"):
             attrs = self._client.get_queue_attributes(
                 QueueUrl=self.queue_url, AttributeNames=names).get("Attributes", {})
-            dead: int | None = None
+        dead: int | None = None
+        try:
             dlq = self._dead_letter_url()
             if dlq is not None:
-                dead = int(self._client.get_queue_attributes(
-                    QueueUrl=dlq, AttributeNames=names[:1]
-                ).get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
+                with _translated("depth of the dead-letter queue"):
+                    dead = int(self._client.get_queue_attributes(
+                        QueueUrl=dlq, AttributeNames=names[:1]
+                    ).get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
+        except QueueUnavailable:
+            dead = None
         return QueueDepth(int(attrs.get("ApproximateNumberOfMessages", 0)),
                           int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)), dead, None)
 
