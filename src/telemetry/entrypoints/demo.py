@@ -36,7 +36,7 @@ from telemetry.entrypoints.container import Container, create_container
 from telemetry.entrypoints.settings import load_settings
 from telemetry.entrypoints.simulate import simulate
 from telemetry.entrypoints.worker import Worker
-from telemetry.entrypoints.worker_observers import observers
+from telemetry.entrypoints.worker_observers import DrainProgress, observers
 
 
 def free_port() -> int:
@@ -193,7 +193,8 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
         watch.close()
     # What the worker had not received when it stopped, a second pass drains (`worker --once`).
     drain = container.drain_batches()
-    rest = Worker(drain, observers=observers(settings, drain, listen=False).all).run(once=True)
+    watchers = [*observers(settings, drain, listen=False).all, DrainProgress("drain the rest")]
+    rest = Worker(drain, observers=watchers).run(once=True)
     stats = worker.stats
     stats.merge(rest)
     t0 = time.monotonic()

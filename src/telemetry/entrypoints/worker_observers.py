@@ -3,11 +3,13 @@ Prometheus metrics with their listener when TELEMETRY_WORKER_METRICS_PORT is set
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from telemetry.domain.ports import QueueDepthProbe
-from telemetry.domain.services import DrainBatches
+from telemetry.domain.services import DrainBatches, FileWritten, PollResult
 from telemetry.entrypoints.ops_server import OpsServer
+from telemetry.entrypoints.progress import Progress
 from telemetry.entrypoints.settings import ConfigError, Settings
 from telemetry.entrypoints.worker import WorkerObserver
 from telemetry.entrypoints.worker_metrics import WorkerMetrics
@@ -43,3 +45,32 @@ def observers(settings: Settings, drain: DrainBatches, *, listen: bool = True) -
                 f"on {settings.worker_metrics_host}: {exc}") from exc
         metrics.refresh_depth()
     return out
+
+
+class DrainProgress:
+    """A progress line of what a draining worker stores (the demo's last drain)."""
+
+    def __init__(self, label: str = "drain") -> None:
+        self.bar = Progress(label, None, unit="readings")
+        self.readings = 0
+        self.files = 0
+
+    def polled(self, result: PollResult) -> None:
+        pass
+
+    def stored(self, files: Sequence[FileWritten]) -> None:
+        if not files:
+            return
+        self.readings += sum(f.readings for f in files)
+        self.files += len(files)
+        self.bar.update(self.readings, note=f"files={self.files}")
+
+    def faulted(self, new_episode: bool) -> None:
+        pass
+
+    def idle(self) -> None:
+        pass
+
+    def stopped(self) -> None:
+        self.bar.update(self.readings, note=f"files={self.files}", force=True)
+        self.bar.close()
