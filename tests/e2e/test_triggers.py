@@ -106,6 +106,14 @@ def test_duplicates_past_one_percent_fire_and_clear(pipeline: Pipeline) -> None:
     assert rc == 0, t
     assert t["duplicate_rate"]["value"] == pytest.approx(2 / 300)
 
+    # The report of the same lake: the hour's vehicle, its duplicates, the triggers table.
+    out = pipeline.cli("report", "--vehicle", "car-1", "--out", str(pipeline.data_dir / "r.html"))
+    assert out.returncode == 0, out.stderr
+    page = (pipeline.data_dir / "r.html").read_text()
+    assert out.stdout.strip() == str(pipeline.data_dir / "r.html")
+    assert "300 distinct readings" in page and "302 raw lines" in page
+    assert "<td>duplicate_rate</td>" in page and 'data-chart="signal:Vehicle.Speed"' in page
+
 
 def test_oldest_age_on_sqs_from_what_the_worker_received(pipeline: Pipeline) -> None:
     """SQS has no oldest age but in CloudWatch: a held-back worker reports how long the
