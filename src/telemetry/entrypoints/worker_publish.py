@@ -37,7 +37,9 @@ class StatePublisher:
                                                      secrets.token_hex(3)),
                                  slot_seconds(window_s), window_s + slot_seconds(window_s))
         self.key = state_key(self.state.worker)
-        self._published_at: float | None = None
+        # The first publication waits a full interval: at start there is nothing to tell, and
+        # the first file a worker writes stays its first raw file.
+        self._published_at = time_source()
         self._failing = False
 
     def polled(self, result: PollResult) -> None:
@@ -54,7 +56,7 @@ class StatePublisher:
 
     def idle(self) -> None:
         now = self._time()
-        if self._published_at is None or now - self._published_at >= self.every:
+        if now - self._published_at >= self.every:
             self.publish()
 
     def stopped(self) -> None:
