@@ -319,6 +319,10 @@ def lines(chart: str, title: str, series: Sequence[tuple[str, Sequence[tuple[flo
     parts = []
     for i, (name, s) in enumerate(series):
         color = COLORS[i % len(COLORS)]
+        if len(s) == 1:  # a line of one point draws nothing
+            cx, cy = xy(s[0]).split(",")
+            parts.append(f'<circle cx="{cx}" cy="{cy}" r="4" fill="{color}"><title>'
+                         f'{_e(name)}: {s[0][1]:,.4g}</title></circle>')
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
                      f'points="{" ".join(xy(p) for p in _thin(s))}"><title>{_e(name)}</title>'
                      f'</polyline>')
