@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     s = _settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
     # Several processes share the port: each keeps its metrics in this directory, and whichever
-    # answers /metrics sums them all (docs/adr/0007-prometheus-metrics.md).
+    # answers /metrics sums them all (docs/adr/0008-prometheus-metrics.md).
     metrics_dir = None
     if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         metrics_dir = tempfile.mkdtemp(prefix="telemetry-metrics-")

@@ -4,7 +4,7 @@ One process: a registry of its own per app. Several (`telemetry serve --workers 
 one port, so a scrape reaches whichever process accepts it): `serve` points
 PROMETHEUS_MULTIPROC_DIR at a fresh directory before the processes start, each process keeps its
 values there, and any of them answers `/metrics` with the sum over all of them (prometheus_client's
-multiprocess mode; docs/adr/0007-prometheus-metrics.md).
+multiprocess mode; docs/adr/0008-prometheus-metrics.md).
 
 Label children are looked up once and kept, so the hot path pays one increment under the
 library's lock.

@@ -1,7 +1,7 @@
 """The worker's Prometheus metrics (prometheus_client), fed by the drain loop as an observer.
 
 One registry per worker process, served by its own listener (`ops_server`); several worker
-processes on a host each take a port, and Prometheus sums them (docs/adr/0007). The latency
+processes on a host each take a port, and Prometheus sums them (docs/adr/0008). The latency
 histograms are rendered at scrape time from the worker's own mergeable distributions (one
 observation per reading would cost more than the drain itself), with the classic bucket bounds
 below: a bucket counts the values recorded at most 1% under its bound (see `latency`).
