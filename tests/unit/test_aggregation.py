@@ -252,7 +252,7 @@ SPELLINGS = [(1, 1.0), (1.0, True), (1, True), (0.0, -0.0), (0, -0.0), (0, False
 
 @st.composite
 def with_duplicates(draw: st.DrawFn) -> list[Record]:
-    """Records where a reading_id comes back: the same copy, a differing one received at
+    """Records where an identity (vehicle_id, reading_id) comes back: the same copy, a differing one received at
     another time, or copies that differ only in spelling, received at the same instant."""
     rs = draw(st.lists(WITH_FEW_IDS, min_size=1, max_size=20))
     copies = draw(st.lists(st.sampled_from(rs), max_size=6))
@@ -269,10 +269,11 @@ def test_duplicates_never_count_twice_and_order_does_not_matter(rs: list[Record]
     shuffled = list(rs)
     rnd.shuffle(shuffled)
     kept = dedupe(rs)
-    assert sorted(r.reading_id for r in kept) == sorted({r.reading_id for r in rs})
+    ids = {(r.vehicle_id, r.reading_id) for r in rs}
+    assert sorted((r.vehicle_id, r.reading_id) for r in kept) == sorted(ids)
     assert sorted(map(encode_record, kept)) == sorted(map(encode_record, dedupe(shuffled)))
     agg = aggregate(HOUR, kept)
-    assert agg.readings == len({r.reading_id for r in rs})
+    assert agg.readings == len(ids)
     assert agg.encode() == aggregate(HOUR, dedupe(shuffled)).encode()
     # and deduping the union of already-deduped parts changes nothing
     half = len(shuffled) // 2

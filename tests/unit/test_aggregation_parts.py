@@ -73,7 +73,7 @@ def test_any_split_of_the_files_writes_what_one_pass_writes(
     everything = [r for f in files for r in f]
     expected = aggregate(HOUR, dedupe(everything)).encode()
     assert AggregateHours(storage).hour(HOUR, keys).readings == len(
-        {r.reading_id for r in everything})
+        {(r.vehicle_id, r.reading_id) for r in everything})
     assert storage.get(lake.aggregate_key(HOUR)) == expected
     order = data.draw(st.permutations(keys))
     n = data.draw(st.integers(1, len(keys)))

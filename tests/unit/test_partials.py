@@ -75,7 +75,7 @@ def test_partials_merge_to_what_decoding_every_line_gives(
     result = AggregateHours(storage).hour(HOUR)
     assert storage.get(lake.aggregate_key(HOUR)) == aggregate(HOUR, dedupe(stored)).encode()
     assert result.raw_records == len(stored)
-    assert result.readings == len({r.reading_id for r in stored})
+    assert result.readings == len({(r.vehicle_id, r.reading_id) for r in stored})
 
 
 @settings(max_examples=200, deadline=None)

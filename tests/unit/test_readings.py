@@ -334,8 +334,12 @@ def reading_at(ts: datetime, n_signals: int = 1) -> Reading:
     return Reading("truck-1", ts, {f"S{i}": i for i in range(n_signals)})
 
 
+# Rules that reach back to 2000, and let one request span the decades in between.
+WIDE = ReadingRules(max_lateness=timedelta(days=365 * 100), max_hours=10**9)
+
+
 def test_rules_accept_the_window_edges() -> None:
-    rules = ReadingRules()
+    rules = WIDE
     ok = [
         reading_at(datetime(2000, 1, 1, tzinfo=UTC)),
         reading_at(datetime(2000, 1, 1, 1, tzinfo=timezone(timedelta(hours=1)))),
@@ -346,7 +350,7 @@ def test_rules_accept_the_window_edges() -> None:
 
 
 def test_rules_reject_a_reading_before_2000() -> None:
-    rules = ReadingRules()
+    rules = WIDE
     early = [
         reading_at(datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
         # 00:30 at +01:00 is 1999-12-31T23:30Z: the instant counts, not the wall clock
@@ -700,3 +704,31 @@ def test_records_encoded_together_are_the_lines_one_by_one(
 ) -> None:
     records = [to_record(r, reading_id_of(r), received) for r in rs]
     assert encode_records(records) == b"".join(encode_record(r) + b"\n" for r in records)
+
+
+def test_rules_reject_a_reading_older_than_the_maximum_lateness() -> None:
+    rules = ReadingRules(max_lateness=timedelta(days=35))
+    edge = NOW - timedelta(days=35)
+    problems = rules.check([reading_at(edge), reading_at(edge - timedelta(microseconds=1))], NOW)
+    assert [(p.index, p.field, p.message) for p in problems] == [
+        (1, "ts", "older than the maximum lateness of 35 days")]
+
+
+def test_rules_cap_the_event_time_hours_of_one_request() -> None:
+    rules = ReadingRules(max_hours=3)
+    start = NOW - timedelta(hours=10)
+    three = [reading_at(start + timedelta(minutes=m)) for m in (0, 59, 60, 150, 179)]
+    assert rules.check(three, NOW) == []
+    four = [*three, reading_at(start + timedelta(hours=3))]
+    (problem,) = rules.check(four, NOW)
+    assert (problem.index, problem.field) == (-1, "readings")
+    assert "span 4 hours" in problem.message and "split it" in problem.message
+
+
+def test_rules_reject_a_repeated_identity_naming_both_indexes() -> None:
+    r = Reading("car-77", NOW, {"v": 1}, reading_id="car-77:1")
+    other = Reading("truck-1", NOW, {"v": 2}, reading_id="car-77:1")  # another vehicle's: fine
+    derived = Reading("car-77", NOW, {"v": 3})
+    (problem,) = ReadingRules().check([r, other, derived, derived, r], NOW)
+    assert (problem.index, problem.field) == (4, "reading_id")
+    assert "readings 0 and 4" in problem.message

@@ -22,7 +22,7 @@ Shared by the ingest process and any number of workers (and by the threads of ea
   recovery after a power cut replays a prefix of the commits, never a later one without an
   earlier one. So a power cut can undo only the last claims, deletes and visibility changes,
   never a send, and undoing them only makes messages visible again: a redelivery, which the
-  port allows (at-least-once) and the lake tolerates (readings are deduped by id when
+  port allows (at-least-once) and the lake tolerates (readings are deduped by identity when
   aggregated). A message whose claims were undone may be delivered more often than
   max_receives before it is dead-lettered; a dead-lettering undone puts the message back in
   the queue, to be dead-lettered again. Nothing sent is lost.

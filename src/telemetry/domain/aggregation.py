@@ -3,8 +3,10 @@
 Partials computed over disjoint sets of readings merge, in any order and any grouping, to exactly
 the result of one pass over all of them: counts add, min/max combine, and the sum behind each
 mean is kept exact (a non-overlapping float expansion), so floating-point rounding cannot depend
-on the split. Duplicates (one reading_id in several raw files) are removed by `dedupe` before
-aggregating, so a reading never counts twice.
+on the split. Duplicates (one reading identity, `(vehicle_id, reading_id)`, in several raw
+files) are removed by `dedupe` before aggregating, so a reading never counts twice. The identity
+is never the reading_id alone: ids are chosen by clients, and one vehicle's id must not hide
+another vehicle's reading.
 """
 
 from __future__ import annotations
@@ -243,7 +245,7 @@ def decode_aggregate_lines(data: bytes) -> list[AggregateLine]:
 
 
 def aggregate(hour: datetime, records: Iterable[Record]) -> HourAggregate:
-    """Aggregate records that are distinct by reading_id (see `dedupe`)."""
+    """Aggregate records that are distinct by identity (see `dedupe`)."""
     counts: dict[str, int] = {}
     first: dict[str, datetime] = {}
     last: dict[str, datetime] = {}
@@ -282,17 +284,26 @@ def aggregate(hour: datetime, records: Iterable[Record]) -> HourAggregate:
     return out
 
 
+Identity = tuple[str, str]
+"""A reading's identity: `(vehicle_id, reading_id)`."""
+
+
+def identity(record: Any) -> Identity:
+    return (record.vehicle_id, record.reading_id)
+
+
 def dedupe(records: Iterable[Record]) -> list[Record]:
-    """One record per reading_id. Should two copies differ, the one received first wins (ties:
+    """One record per identity. Should two copies differ, the one received first wins (ties:
     the smaller encoding), so the outcome never depends on file or arrival order."""
-    seen: dict[str, Record] = {}
+    seen: dict[Identity, Record] = {}
     for r in records:
-        prev = seen.get(r.reading_id)
+        key = (r.vehicle_id, r.reading_id)
+        prev = seen.get(key)
         # compare encodings, not values: 1, 1.0 and True are == but differ in the file
         if prev is None or (
             (r.received_at, encode_record(r)) < (prev.received_at, encode_record(prev))
         ):
-            seen[r.reading_id] = r
+            seen[key] = r
     return list(seen.values())
 
 
@@ -384,14 +395,14 @@ def aggregate_lean(
     hour: datetime,
     records: list[Any],
     names: Sequence[str],
-    skip: Collection[str] = (),
+    skip: Collection[Identity] = (),
     *,
     mergeable: bool = False,
 ) -> HourAggregate | None:
     """`aggregate(hour, dedupe(...))` over lean records from `RawDecoder` (whose `names` are
-    the signal Struct's fields, in order), leaving out the reading ids in `skip`; `mergeable`
+    the signal Struct's fields, in order), leaving out the identities in `skip`; `mergeable`
     for a partial that will be merged (else its statistics are `SignalStats.final`). None when
-    duplicates differ in a way only the slow path can settle (two copies of a reading_id
+    duplicates differ in a way only the slow path can settle (two copies of a reading
     received at the same instant with different content): the caller then takes the Record
     path."""
     out = HourAggregate(hour)
@@ -478,22 +489,22 @@ _by_received = attrgetter("received_at")
 _by_signals = attrgetter("signals")
 
 
-def _kept_positions(records: list[Any], skip: Collection[str]) -> Sequence[int] | None:
-    """The position of one record per reading_id not in `skip`: the one received first, as
+def _kept_positions(records: list[Any], skip: Collection[Identity]) -> Sequence[int] | None:
+    """The position of one record per identity not in `skip`: the one received first, as
     `dedupe`; None when that needs the encodings to break a tie."""
-    ids = list(map(_by_id, records))
+    ids = list(zip(map(_by_vehicle, records), map(_by_id, records), strict=True))
     dropped = _duplicated(ids)
     dropped.update(skip)
     if not dropped:
         return range(len(ids))
     # The copies of duplicated (or skipped) ids, found with a set lookup per record in a
     # small set; then a Python step per copy only.
-    copies: dict[str, list[int]] = {}
+    copies: dict[Identity, list[int]] = {}
     for i in compress(count(), map(dropped.__contains__, ids)):
         copies.setdefault(ids[i], []).append(i)
     losers: set[int] = set()
-    for rid, positions in copies.items():
-        if rid in skip:
+    for ident, positions in copies.items():
+        if ident in skip:
             losers.update(positions)
             continue
         first = min(records[i].received_at for i in positions)
@@ -508,12 +519,12 @@ def _kept_positions(records: list[Any], skip: Collection[str]) -> Sequence[int] 
 _CHUNK = 4096
 
 
-def _duplicated(ids: list[str]) -> set[str]:
-    """The ids that occur more than once. Chunk by chunk, so that most set work happens in a
+def _duplicated(ids: list[Identity]) -> set[Identity]:
+    """The identities that occur more than once. Chunk by chunk, so that most set work happens in a
     set small enough for the cache: one dict of all ids with their positions costs twice as
     much."""
-    seen: set[str] = set()
-    dup: set[str] = set()
+    seen: set[Identity] = set()
+    dup: set[Identity] = set()
     for a in range(0, len(ids), _CHUNK):
         chunk = ids[a : a + _CHUNK]
         mine = set(chunk)

@@ -12,11 +12,12 @@ lines of an hour as one object under `partials/` now and then (ADR 0006): a cras
 write loses only the shortcut, never a reading.
 
 Aggregation merges the partials of the files they cover and decodes the rest. The merge is
-exact, so the result is byte for byte the one of decoding every line, provided no reading_id
-occurs twice: the partials cannot say which copy counts. Duplicates in this pipeline are whole
+exact, so the result is byte for byte the one of decoding every line, provided no reading
+identity, `(vehicle_id, reading_id)`, occurs twice: the partials cannot say which copy counts. Duplicates in this pipeline are whole
 envelopes (a message delivered again, a request sent again); two byte-identical envelope
 partials whose ids ingest derived from the content hold the same readings, so one is dropped.
-Any other repeated id sends the hour back to decoding every line.
+Any other repeated identity sends the hour back to decoding every line. The same reading_id
+under two vehicles is two readings, never a repeat.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import msgspec
 
 from telemetry.domain.aggregation import (
     HourAggregate,
+    Identity,
     Num,
     SignalStats,
     VehicleHour,
@@ -146,8 +148,8 @@ def read_partials(data: bytes, keys: Collection[str]) -> dict[str, list[msgspec.
 
 def distinct_partials(envelopes: Iterable[msgspec.Raw]) -> tuple[list[Partial], int] | None:
     """The envelopes' partials, one of each byte-identical pair whose ids were derived from
-    content, and the number of lines they stand for (both of a pair); None when a reading_id
-    still occurs twice (only the lines can settle it)."""
+    content, and the number of lines they stand for (both of a pair); None when a reading
+    identity still occurs twice (only the lines can settle it)."""
     seen: dict[bytes, tuple[int, bool]] = {}  # partial -> (its readings, derived)
     partials: list[Partial] = []
     lines = 0
@@ -171,12 +173,13 @@ def decode_partials(data: bytes) -> list[Partial]:
     return _decoder.decode_lines(data)
 
 
-def ids_of(partials: Iterable[Partial]) -> list[str]:
-    return [rid for p in partials for vp in p.vehicles.values() for rid in vp.ids]
+def ids_of(partials: Iterable[Partial]) -> list[Identity]:
+    """The identities of the readings behind `partials`."""
+    return [(vid, rid) for p in partials for vid, vp in p.vehicles.items() for rid in vp.ids]
 
 
 def merge_partials(hour: datetime, partials: Iterable[Partial]) -> HourAggregate:
-    """The aggregate of the readings behind `partials`, which must be distinct by reading_id;
+    """The aggregate of the readings behind `partials`, which must be distinct by identity;
     mergeable with other partial aggregates of the hour (`HourAggregate.merge`)."""
     readings: dict[str, int] = {}
     first: dict[str, datetime] = {}

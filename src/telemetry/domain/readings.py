@@ -250,14 +250,22 @@ def hour_of(ts: datetime) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class ReadingRules:
-    """The configurable rules of contract section 2."""
+    """The configurable rules of contract section 2.
+
+    `max_lateness` and `max_hours` bound what one request costs downstream: each event-time
+    hour of a request is a queue message, a raw file and an hour to aggregate again, so a
+    request of a thousand readings an hour apart must not cost a thousand of each.
+    """
 
     max_signals: int = 256
     max_clock_skew: timedelta = timedelta(seconds=300)
     max_batch: int = 1000
+    max_lateness: timedelta = timedelta(days=35)
+    max_hours: int = 24
 
     def check(self, readings: Sequence[Reading], now: datetime) -> list[Problem]:
-        """Rules the decoder could not check: batch size, signal count, the time window."""
+        """Rules the decoder could not check: batch size, signal count, the time window, the
+        hours spanned, identities repeated within the request."""
         problems: list[Problem] = []
         n = len(readings)
         if n == 0:
@@ -267,9 +275,11 @@ class ReadingRules:
                 Problem(-1, "readings", f"{n} readings exceed the maximum of {self.max_batch}")
             )
         latest = now + self.max_clock_skew
+        earliest = max(now - self.max_lateness, MIN_TS)
+        hours: set[float] = set()
         for i, r in enumerate(readings):
-            if r.ts < MIN_TS:
-                problems.append(Problem(i, "ts", "before 2000-01-01T00:00:00Z"))
+            if r.ts < earliest:
+                problems.append(Problem(i, "ts", self._too_old(r.ts)))
             elif r.ts > latest:
                 problems.append(
                     Problem(
@@ -278,6 +288,8 @@ class ReadingRules:
                         f"later than now + {self.max_clock_skew.total_seconds():g} s clock skew",
                     )
                 )
+            else:
+                hours.add(r.ts.timestamp() // 3600)
             if len(r.signals) > self.max_signals:
                 problems.append(
                     Problem(
@@ -286,7 +298,42 @@ class ReadingRules:
                         f"{len(r.signals)} signals exceed the maximum of {self.max_signals}",
                     )
                 )
+        if len(hours) > self.max_hours:
+            problems.append(Problem(
+                -1, "readings",
+                f"the readings span {len(hours)} hours (UTC) of event time; one request may span "
+                f"at most {self.max_hours}: split it into requests of fewer hours each"))
+        problems.extend(repeated_identities(readings))
         return problems
+
+    def _too_old(self, ts: datetime) -> str:
+        if ts < MIN_TS:
+            return "before 2000-01-01T00:00:00Z"
+        return f"older than the maximum lateness of {_span(self.max_lateness)}"
+
+
+def _span(t: timedelta) -> str:
+    s = t.total_seconds()
+    for unit, size in (("days", 86400), ("hours", 3600)):
+        if s >= size and s % size == 0:
+            return f"{s / size:g} {unit}"
+    return f"{s:g} s"
+
+
+def repeated_identities(readings: Sequence[Reading]) -> list[Problem]:
+    """A reading whose identity, `(vehicle_id, reading_id)`, an earlier reading of the same
+    request has: only one of them could count, so the client must say which."""
+    first: dict[tuple[str, str], int] = {}
+    problems: list[Problem] = []
+    for i, r in enumerate(readings):
+        if r.reading_id is None:
+            continue  # derived from the content: equal ids are equal readings
+        key = (r.vehicle_id, r.reading_id)
+        j = first.setdefault(key, i)
+        if j != i:
+            problems.append(Problem(i, "reading_id", f"readings {j} and {i} have the same "
+                                    "vehicle_id and reading_id; a reading's identity is unique"))
+    return problems
 
 
 _VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)

@@ -17,6 +17,7 @@ import msgspec
 from telemetry.domain import lake
 from telemetry.domain.aggregation import (
     HourAggregate,
+    Identity,
     RawDecoder,
     aggregate,
     aggregate_lean,
@@ -529,7 +530,7 @@ class AggregateHours:
         self, hour: datetime, keys: Sequence[str], covered: Covered | None
     ) -> tuple[int, HourAggregate, int] | None:
         """The partials of the files that have them, merged with the decoded rest; None when
-        no file has them or a reading_id occurs twice in a way partials cannot settle."""
+        no file has them or a reading identity occurs twice in a way partials cannot settle."""
         if covered is None:
             covered = self.partials(hour, keys)
         if not covered:
@@ -669,15 +670,17 @@ class HourPart:
         self.raw = len(lean)
 
     def aggregate(
-        self, hour: datetime, skip: Collection[str] = (), *, mergeable: bool = False
+        self, hour: datetime, skip: Collection[Identity] = (), *, mergeable: bool = False
     ) -> HourAggregate | None:
         return aggregate_lean(hour, self.records, self.names, skip, mergeable=mergeable)
 
-    def ids(self) -> list[str]:
-        return list(map(_by_reading_id, self.records))
+    def ids(self) -> list[Identity]:
+        """The identities, `(vehicle_id, reading_id)`, of this part's records."""
+        return list(zip(map(_by_vehicle_id, self.records), map(_by_reading_id, self.records),
+                        strict=True))
 
-    def finish(self, hour: datetime, shared: Collection[str]) -> PartResult | None:
-        """The partial without the `shared` ids, ready to send; None when this part alone
+    def finish(self, hour: datetime, shared: Collection[Identity]) -> PartResult | None:
+        """The partial without the `shared` identities, ready to send; None when this part alone
         cannot settle one of its own readings (the caller then aggregates the whole hour)."""
         agg = self.aggregate(hour, shared, mergeable=True)
         if agg is None:
@@ -691,17 +694,18 @@ class HourPart:
 class PartResult:
     raw: int
     aggregate: HourAggregate
-    copies: bytes  # lean lines of the shared reading ids found in this part
+    copies: bytes  # lean lines of the shared identities found in this part
 
 
 _by_reading_id = attrgetter("reading_id")
+_by_vehicle_id = attrgetter("vehicle_id")
 _lean_encoder = msgspec.json.Encoder()
 
 
-def shared_ids(parts: Iterable[Iterable[str]]) -> set[str]:
-    """The reading ids found in more than one part."""
-    seen: set[str] = set()
-    shared: set[str] = set()
+def shared_ids(parts: Iterable[Iterable[Identity]]) -> set[Identity]:
+    """The reading identities found in more than one part."""
+    seen: set[Identity] = set()
+    shared: set[Identity] = set()
     for ids in parts:
         mine = set(ids)
         shared |= seen & mine

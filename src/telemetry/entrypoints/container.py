@@ -101,6 +101,8 @@ class Container(containers.DeclarativeContainer):
         max_signals=config.max_signals,
         max_clock_skew=providers.Factory(timedelta, seconds=config.max_clock_skew),
         max_batch=config.max_batch,
+        max_lateness=providers.Factory(timedelta, seconds=config.max_lateness),
+        max_hours=config.max_request_hours,
     )
 
     batch_policy = providers.Singleton(

@@ -39,6 +39,10 @@ class Settings:
     max_batch: int = 1000
     max_signals: int = 256
     max_clock_skew: float = 300.0
+    # 35 days: a vehicle parked or out of coverage for a month uploads its backlog, with days
+    # to spare for the gateway to catch up (docs/security.md)
+    max_lateness: float = 35 * 86400.0
+    max_request_hours: int = 24
     max_body_bytes: int = MiB
     max_decompressed_bytes: int = 8 * MiB
     enqueue_timeout: float = 5.0
@@ -175,6 +179,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_batch": _positive(int),
     "max_signals": _positive(int),
     "max_clock_skew": _positive(float),
+    "max_lateness": _positive(float),
+    "max_request_hours": _positive(int),
     "max_body_bytes": _positive(int),
     "max_decompressed_bytes": _positive(int),
     "enqueue_timeout": _positive(float),
