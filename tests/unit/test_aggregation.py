@@ -252,8 +252,9 @@ SPELLINGS = [(1, 1.0), (1.0, True), (1, True), (0.0, -0.0), (0, -0.0), (0, False
 
 @st.composite
 def with_duplicates(draw: st.DrawFn) -> list[Record]:
-    """Records where an identity (vehicle_id, reading_id) comes back: the same copy, a differing one received at
-    another time, or copies that differ only in spelling, received at the same instant."""
+    """Records where an identity (vehicle_id, reading_id) comes back: the same copy, a
+    differing one received at another time, or copies that differ only in spelling,
+    received at the same instant."""
     rs = draw(st.lists(WITH_FEW_IDS, min_size=1, max_size=20))
     copies = draw(st.lists(st.sampled_from(rs), max_size=6))
     respelled: list[Record] = []

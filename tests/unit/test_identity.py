@@ -33,12 +33,13 @@ def attacked_lake(draw: st.DrawFn) -> tuple[MemoryStorage, list[str], list[Recor
     ids (received before or after, any content), spread over files, with partials for some."""
     own = draw(OWN)
     foreign = []
-    for r in draw(st.lists(FOREIGN, max_size=15)):
+    for theirs in draw(st.lists(FOREIGN, max_size=15)):
         if draw(st.booleans()):
             stolen = draw(st.sampled_from(own))
             shift = timedelta(seconds=draw(st.integers(-5, 5)))
-            r = replace(r, reading_id=stolen.reading_id, received_at=stolen.received_at + shift)
-        foreign.append(r)
+            theirs = replace(theirs, reading_id=stolen.reading_id,  # noqa: PLW2901
+                             received_at=stolen.received_at + shift)
+        foreign.append(theirs)
     rs = draw(st.permutations(own + foreign + draw(st.lists(st.sampled_from(own), max_size=3))))
     cuts = sorted(draw(st.lists(st.integers(0, len(rs)), max_size=4)))
     files = [f for a, b in itertools.pairwise([0, *cuts, len(rs)]) if (f := rs[a:b])]

@@ -13,11 +13,11 @@ write loses only the shortcut, never a reading.
 
 Aggregation merges the partials of the files they cover and decodes the rest. The merge is
 exact, so the result is byte for byte the one of decoding every line, provided no reading
-identity, `(vehicle_id, reading_id)`, occurs twice: the partials cannot say which copy counts. Duplicates in this pipeline are whole
-envelopes (a message delivered again, a request sent again); two byte-identical envelope
-partials whose ids ingest derived from the content hold the same readings, so one is dropped.
-Any other repeated identity sends the hour back to decoding every line. The same reading_id
-under two vehicles is two readings, never a repeat.
+identity, `(vehicle_id, reading_id)`, occurs twice: the partials cannot say which copy
+counts. Repeats in this pipeline are whole envelopes (a message delivered again, a request
+sent again); two byte-identical envelope partials whose ids ingest derived from the content
+hold the same readings, so one is dropped. Any other repeated identity sends the hour back to
+decoding every line. The same reading_id under two vehicles is two readings, never a repeat.
 """
 
 from __future__ import annotations
