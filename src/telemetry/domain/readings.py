@@ -298,8 +298,8 @@ class ReadingRules:
                         f"{len(r.signals)} signals exceed the maximum of {self.max_signals}",
                     )
                 )
-        if len(hours) > self.max_hours:
-            problems.append(Problem(
+        if len(hours) > self.max_hours:  # first: a 422 may list only the first problems
+            problems.insert(0, Problem(
                 -1, "readings",
                 f"the readings span {len(hours)} hours (UTC) of event time; one request may span "
                 f"at most {self.max_hours}: split it into requests of fewer hours each"))

@@ -8,17 +8,23 @@ status the contract gives it:
   bomb is ever held whole.
 - 400 for what cannot be decoded: a body cut off mid-stream, corrupt gzip, bad JSON/msgpack,
   a wrong top-level shape.
-- 422 for readings that decode but break a rule, with every problem listed by index and field.
+- 422 for readings that decode but break a rule, problems listed by index and field (at most
+  `MAX_LISTED_PROBLEMS`, with the total), and for a body of more readings than the maximum
+  batch, found before any reading is decoded (`check_count`).
+
+Any failure of a decoder is a 400, deep nesting (`RecursionError`) included: never a 500.
 
 Decoders are built once, at import: msgspec compiles the types into a decoder up front.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 
@@ -36,10 +42,14 @@ NDJSON: Final = "application/x-ndjson"
 MSGPACK: Final = "application/msgpack"
 MEDIA_TYPES: Final = (JSON, NDJSON, MSGPACK)
 
-# A 422 lists every problem up to this many; past it the detail says how many were left out.
-# 1000 readings with several broken fields each fit; a hostile body cannot make a response of
-# hundreds of megabytes.
-MAX_LISTED_PROBLEMS = 10_000
+# A 422 lists this many problems at most, and its detail says how many there are in all: enough
+# for a client to see what is wrong, and a hostile body cannot make the answer large.
+MAX_LISTED_PROBLEMS = 100
+
+# What a decoder may raise on a body that is not what it claims: the JSON/msgpack error, a string
+# that is not UTF-8, a msgpack map keyed by something unhashable, nesting deeper than the
+# decoder's recursion limit.
+DECODER_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, TypeError, RecursionError)
 
 
 class BodyError(Exception):
@@ -69,7 +79,7 @@ class Unprocessable(BodyError):
     status = 422
 
     def __init__(self, problems: list[Problem], readings: int) -> None:
-        n = len({p.index for p in problems})
+        n = len({p.index for p in problems if p.index >= 0})
         detail = f"{n} reading(s) break the rules" if n else "the request breaks the rules"
         if len(problems) > MAX_LISTED_PROBLEMS:
             detail += f"; the first {MAX_LISTED_PROBLEMS} of {len(problems)} problems are listed"
@@ -189,6 +199,48 @@ _PATH_RE = re.compile(r"\$(\.readings)?\[(\d+)\](?:\.([A-Za-z_]+))?")
 _NAMES = {JSON: "JSON", NDJSON: "NDJSON", MSGPACK: "msgpack"}
 
 
+def _bad(fmt: str, exc: BaseException) -> BadBody:
+    if isinstance(exc, RecursionError):
+        return BadBody("bad_body", f"body is not valid {_NAMES[fmt]}: nested too deeply")
+    return BadBody("bad_body", f"body is not valid {_NAMES[fmt]}: {exc}")
+
+
+@functools.cache
+def _counters(max_batch: int) -> tuple[Any, Any]:
+    """Decoders of a batch's shape that leave each reading undecoded (`Raw`) and stop at more
+    than `max_batch` of them: msgpack at the array's header, JSON after one pass of its C
+    scanner, which does not build a reading."""
+    counted = msgspec.defstruct("Counted", [
+        ("readings", Annotated[list[msgspec.Raw], msgspec.Meta(max_length=max_batch)]),
+    ])
+    return msgspec.json.Decoder(counted), msgspec.msgpack.Decoder(counted)
+
+
+# A non-blank NDJSON line: JSON forbids raw newlines inside a value, so each is one reading.
+_NDJSON_VALUE = re.compile(rb"[^ \t\r\n][^\n]*")
+
+
+def check_count(fmt: str, body: Body, max_batch: int) -> None:
+    """Unprocessable (422) when `body` holds more than `max_batch` readings, found before any
+    reading is decoded; anything else about the body is left to `decode`."""
+    if fmt == NDJSON:
+        values = _NDJSON_VALUE.finditer(body)
+        if next(itertools.islice(values, max_batch, None), None) is None:
+            return
+    else:
+        json_counter, msgpack_counter = _counters(max_batch)
+        try:
+            (msgpack_counter if fmt == MSGPACK else json_counter).decode(body)
+            return
+        except msgspec.ValidationError as exc:
+            if "length <=" not in str(exc) or not str(exc).endswith("`$.readings`"):
+                return
+        except DECODER_ERRORS as exc:
+            raise _bad(fmt, exc) from None
+    raise Unprocessable([Problem(-1, "readings", f"more than {max_batch} readings: one request "
+                                 f"holds at most {max_batch}; split it")], 0)
+
+
 def decode(fmt: str, body: Body) -> Sequence[Reading]:
     """The typed fast path. Raises BadBody, or msgspec.ValidationError for `explain`."""
     try:
@@ -201,9 +253,18 @@ def decode(fmt: str, body: Body) -> Sequence[Reading]:
         return batch.readings
     except msgspec.ValidationError:
         raise
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        # UnicodeDecodeError: a string that is not UTF-8 (JSON and msgpack alike)
-        raise BadBody("bad_body", f"body is not valid {_NAMES[fmt]}: {exc}") from None
+    except DECODER_ERRORS as exc:
+        raise _bad(fmt, exc) from None
+
+
+def decode_checked(fmt: str, body: Body, max_batch: int) -> Sequence[Reading]:
+    """The readings of `body`, or the BodyError that says why not: the count first, then the
+    typed decode, then, only when that failed, every problem (`explain`)."""
+    check_count(fmt, body, max_batch)
+    try:
+        return decode(fmt, body)
+    except msgspec.ValidationError as exc:
+        raise explain(fmt, body, exc) from None
 
 
 def explain(fmt: str, body: Body, error: msgspec.ValidationError) -> Unprocessable:
@@ -247,10 +308,10 @@ def problems_from_untyped(
         if p is None:
             raise BadBody("bad_body", f"body is not valid {name}: {exc}") from None
         return [p], p.index + 1
-    except (msgspec.DecodeError, TypeError, UnicodeDecodeError) as exc:
-        # TypeError: a msgpack map keyed by something unhashable. UnicodeDecodeError: a string
-        # that is not UTF-8, which the typed decoder may not have reached.
-        raise BadBody("bad_body", f"body is not valid {name}: {exc}") from None
+    except DECODER_ERRORS as exc:
+        # The untyped decoder goes where the typed one stopped: strings that are not UTF-8,
+        # unhashable msgpack keys, nesting inside a value the typed one refused at its top.
+        raise _bad(fmt, exc) from None
     problems = [p for i, r in enumerate(readings) for p in describe_problems(i, r)]
     if not problems:  # the two validators disagree: fall back to msgspec's own words
         p = _from_error(fmt, error)
