@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from telemetry.adapters.private_files import make_private_dir, open_private
 from telemetry.domain.errors import NotFound, StorageUnavailable
 
 _NOT_AN_OBJECT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
@@ -93,7 +94,7 @@ class FilesystemStorage:
         with self._translated("write", target):
             self._make_dirs(directory)
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                fd = open_private(tmp, os.O_WRONLY | os.O_EXCL)
                 try:
                     view = memoryview(data)
                     while view:
@@ -189,11 +190,9 @@ class FilesystemStorage:
                 break
             d = d.parent
         for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
+            if not make_private_dir(d):
                 if not d.is_dir():
-                    raise
+                    raise FileExistsError(f"{d} exists and is not a folder")
                 continue  # another writer made it
             _fsync_dir(d.parent)
 

@@ -33,12 +33,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from telemetry.adapters.private_files import make_private_dirs, open_private
 from telemetry.domain.ports import StoredKey
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_MODE = 0o600
 
 _Signature = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
@@ -170,8 +170,8 @@ class FileKeyStore:
         """The current keys, read under the cross-process lock, to change in place; written
         back atomically when the block ends without an error."""
         with self._mutex:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _MODE)
+            make_private_dirs(self.path.parent)
+            fd = open_private(self.lock_path, os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
@@ -194,10 +194,9 @@ class FileKeyStore:
         doc = {"version": FORMAT_VERSION, "keys": [_to_json(k) for k in keys.values()]}
         data = (json.dumps(doc, indent=2) + "\n").encode()
         tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _MODE)
+        fd = open_private(tmp, os.O_WRONLY | os.O_EXCL)
         try:
             try:
-                os.fchmod(fd, _MODE)  # whatever the umask
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]

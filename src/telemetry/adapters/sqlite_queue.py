@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from telemetry.adapters.private_files import make_private_dirs, open_private
 from telemetry.domain.errors import QueueUnavailable
 from telemetry.domain.ports import Message, QueueDepth
 
@@ -444,7 +445,9 @@ class SqliteQueue:
         return out
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
+        # Made here mode 0600: SQLite gives the -wal and -shm files the database file's mode.
+        os.close(open_private(self.path, os.O_RDWR))
         conn = sqlite3.connect(
             self.path,
             timeout=self._busy_timeout,

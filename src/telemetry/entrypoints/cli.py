@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from telemetry.adapters.private_files import make_private_dirs, open_to_others
 from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.lake import format_hour, parse_hour
 from telemetry.entrypoints import logs, simulate
@@ -29,6 +30,9 @@ log = logging.getLogger("telemetry")
 def _settings() -> Settings:
     s = load_settings()
     logs.configure(s.log_format, s.log_level)
+    if open_to_others(s.data_dir):
+        event(log, "data_dir_open_to_others", logging.WARNING, data_dir=str(s.data_dir),
+              advice=f"chmod 700 {s.data_dir}: readings hold GPS positions")
     return s
 
 
@@ -41,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from telemetry.entrypoints.metrics import MULTIPROC_ENV
 
     s = _settings()
-    s.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(s.data_dir)
     # Several processes share the port: each keeps its metrics in this directory, and whichever
     # answers /metrics sums them all (docs/adr/0008-prometheus-metrics.md).
     metrics_dir = None
