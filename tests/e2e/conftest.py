@@ -32,6 +32,7 @@ class Pipeline:
     env: dict[str, str]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     url: str = ""
+    ops_url: str = ""  # the operations listener: /metrics, /readyz, /schema
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -53,10 +54,16 @@ class Pipeline:
         self.procs.append(p)
         return p
 
-    def serve(self) -> subprocess.Popen[bytes]:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        p = self.start("serve", "--port", str(port), log_name="serve")
+    def use_ports(self) -> int:
+        """A free port for the API, another for the operations listener; the API's."""
+        port, ops = free_port(), free_port()
+        self.url, self.ops_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ops}"
+        self.env["TELEMETRY_OPS_PORT"] = str(ops)
+        return port
+
+    def serve(self, *args: str) -> subprocess.Popen[bytes]:
+        port = self.use_ports()
+        p = self.start("serve", "--port", str(port), *args, log_name="serve")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert p.poll() is None, self.log("serve")

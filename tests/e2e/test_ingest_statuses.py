@@ -30,7 +30,7 @@ import pytest
 from telemetry.adapters.keystore_file import FileKeyStore
 from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.readings import derive_reading_id
-from tests.e2e.conftest import Pipeline, free_port
+from tests.e2e.conftest import Pipeline
 from tests.integration.http_support import gzip_bomb
 from tests.prometheus_text import samples
 
@@ -77,8 +77,7 @@ def stop_all(p: Pipeline) -> None:
 
 
 def spawn(p: Pipeline) -> None:
-    p.url = f"http://127.0.0.1:{free_port()}"
-    p.start("serve", "--port", p.url.rsplit(":", 1)[1], log_name="serve")
+    p.start("serve", "--port", str(p.use_ports()), log_name="serve")
 
 
 def wait_healthy(p: Pipeline) -> None:
@@ -305,16 +304,22 @@ def test_a_body_cut_off_mid_stream_does_not_hurt_the_server(main) -> None:
 # ------------------------------------------------------------------ operations
 
 
-def test_readyz_metrics_and_schema(main) -> None:
+def test_readyz_metrics_and_schema_on_the_operations_listener_only(main) -> None:
     p, _ = main
-    r = httpx.get(p.url + "/readyz")
+    assert p.ops_url.startswith("http://127.0.0.1:")
+    r = httpx.get(p.ops_url + "/readyz")
     assert r.status_code == 200 and r.json()["queue"] == "ok"
-    metrics = httpx.get(p.url + "/metrics").text
+    metrics = httpx.get(p.ops_url + "/metrics").text
     assert "telemetry_ingest_requests_total{reason=unauthorized,status=401}" in samples(metrics)
     assert "telemetry_enqueue_seconds_bucket" in metrics
-    doc = httpx.get(p.url + "/schema").json()
+    doc = httpx.get(p.ops_url + "/schema").json()
     responses = doc["paths"]["/v1/readings"]["post"]["responses"]
     assert {"202", "400", "401", "403", "413", "415", "422", "429", "503"} <= set(responses)
+    assert httpx.get(p.ops_url + "/schema/openapi.json").status_code == 200
+    # the public port answers the API and /healthz, nothing of the above
+    for path in ("/readyz", "/metrics", "/schema", "/schema/openapi.json", "/schema/swagger"):
+        assert httpx.get(p.url + path).status_code == 404, path
+    assert httpx.get(p.url + "/healthz").status_code == 200
 
 
 # ------------------------------------------------------------------ keys
@@ -377,7 +382,7 @@ def test_503_when_another_process_holds_the_queue_locked(servers: Servers) -> No
         assert time.monotonic() - t0 < 3
         assert r.status_code == 503, r.text
         assert r.headers["Retry-After"] == "1"
-        ready = httpx.get(p.url + "/readyz", timeout=10)
+        ready = httpx.get(p.ops_url + "/readyz", timeout=10)
         assert ready.status_code == 503
         # The abandoned send gives up at SQLite's busy timeout (5 s) while the lock is
         # still held: release it only after that, so the count below is the whole story.
@@ -387,6 +392,6 @@ def test_503_when_another_process_holds_the_queue_locked(servers: Servers) -> No
         holder.close()
     assert enqueued(p) == before
     assert post(p, key, batch(reading())).status_code == 202  # the queue is back
-    assert httpx.get(p.url + "/readyz").status_code == 200
+    assert httpx.get(p.ops_url + "/readyz").status_code == 200
     log = p.log("serve")
     assert '"reason":"enqueue_timeout"' in log

@@ -19,7 +19,7 @@ from litestar.testing import TestClient
 from telemetry.adapters.memory import MemoryQueue
 from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.entrypoints.container import Container, create_container
-from telemetry.entrypoints.http import create_app
+from telemetry.entrypoints.http import create_apps
 from telemetry.entrypoints.settings import Settings
 
 KEY_ID, SECRET = "0123456789abcdef", "s" * 43
@@ -35,9 +35,21 @@ def make_container(settings: Settings, vehicles: Sequence[str] = ("car-*",)) -> 
 
 @contextmanager
 def client_for(container: Container, settings: Settings) -> Iterator[TestClient[Any]]:
-    with TestClient(create_app(container, settings)) as c:
-        c.headers["X-API-Key"] = KEY
-        yield c
+    """A client of the public app (the API and /healthz)."""
+    with clients_for(container, settings) as (public, _):
+        yield public
+
+
+@contextmanager
+def clients_for(
+    container: Container, settings: Settings
+) -> Iterator[tuple[TestClient[Any], TestClient[Any]]]:
+    """Clients of the public and the operations app of one process (shared metrics)."""
+    apps = create_apps(container, settings)
+    with TestClient(apps.public) as public, TestClient(apps.ops) as ops:
+        public.headers["X-API-Key"] = KEY
+        ops.headers["X-API-Key"] = KEY
+        yield public, ops
 
 
 def good(vid: str = "car-1", **over: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from telemetry.adapters.memory import FakeClock
-from telemetry.entrypoints.http import create_app
+from telemetry.entrypoints.http import create_apps
 from telemetry.entrypoints.settings import Settings
 from tests.integration.http_support import KEY, make_container
 from tests.strategies import NOW
@@ -57,7 +57,7 @@ def api() -> Any:
     settings = Settings(queue="memory", storage="memory", rate_burst=1_000_000)
     container = make_container(settings, vehicles=["*"])
     container.clock.override(providers.Object(FakeClock(NOW)))
-    app = create_app(container, settings)
+    app = create_apps(container, settings).ops  # the document and every operation in it
     schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app)
     schema.config.generation.update(
         max_examples=50, deterministic=True,

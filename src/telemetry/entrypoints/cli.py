@@ -43,8 +43,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from telemetry.entrypoints.metrics import MULTIPROC_ENV
+    from telemetry.entrypoints.slow_clients import HeaderDeadlineProtocol
 
     s = _settings()
+    if (args.tls_certfile is None) != (args.tls_keyfile is None):
+        raise ConfigError("serve: --tls-certfile and --tls-keyfile go together")
+    for path in (args.tls_certfile, args.tls_keyfile):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"serve: cannot read {path}")
     make_private_dirs(s.data_dir)
     # Several processes share the port: each keeps its metrics in this directory, and whichever
     # answers /metrics sums them all (docs/adr/0008-prometheus-metrics.md).
@@ -59,6 +65,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             workers=args.workers,
+            http=HeaderDeadlineProtocol,
+            ssl_certfile=args.tls_certfile,
+            ssl_keyfile=args.tls_keyfile,
             log_level=s.log_level.lower(),
             access_log=False,
             timeout_graceful_shutdown=10,
@@ -280,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--workers", type=int, default=1, help="server processes")
+    sp.add_argument("--tls-certfile", metavar="PEM",
+                    help="serve HTTPS with this certificate (chain), with --tls-keyfile")
+    sp.add_argument("--tls-keyfile", metavar="PEM", help="the certificate's private key")
     sp.set_defaults(func=cmd_serve)
 
     wp = sub.add_parser("worker", help="drain the queue into the lake",

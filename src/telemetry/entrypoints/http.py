@@ -44,11 +44,12 @@ from litestar.openapi.spec import (
 from telemetry.domain.errors import Forbidden, InvalidReadings, Problem, QueueUnavailable
 from telemetry.domain.ratelimit import RateLimiter
 from telemetry.domain.readings import Reading, ReadingBatch
-from telemetry.entrypoints import bodies
+from telemetry.entrypoints import bodies, slow_clients
 from telemetry.entrypoints.container import Container, create_container
 from telemetry.entrypoints.logs import event
 from telemetry.entrypoints.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from telemetry.entrypoints.metrics import READING_REJECT_REASONS, IngestMetrics
+from telemetry.entrypoints.ops import OpsListener
 from telemetry.entrypoints.settings import Settings, load_settings
 
 log = logging.getLogger("telemetry.ingest")
@@ -60,6 +61,8 @@ UNAVAILABLE_RETRY_AFTER = "1"
 # for a free thread counts against the enqueue timeout like one waiting for the queue, so a
 # hung queue still answers 503 in time.
 SEND_THREADS = 64
+# How long a /readyz answer is reused (see readyz).
+READY_CACHE_SECONDS = 1.0
 # Allocations (net of frees) of container objects between two young collections; see _tune_gc.
 GC_GEN0_THRESHOLD = 20_000
 
@@ -374,9 +377,27 @@ _INGEST_RESPONSES: dict[int, ResponseSpec] = {
 # ------------------------------------------------------------------ the app
 
 
-def create_app(
-    container: Container, settings: Settings, *, metrics: IngestMetrics | None = None
-) -> Litestar:
+@dataclass(frozen=True)
+class IngestApps:
+    """The two listeners of one ingest process, sharing its sender, limiter and metrics.
+
+    `public` answers only the API and /healthz: what vehicles need, and nothing that reveals
+    the deployment or calls the queue and storage on an unauthenticated request. `ops`, for the
+    operations listener (`entrypoints/ops.py`, loopback by default), answers everything:
+    /metrics, /readyz, /schema, and the API itself, so that the document it serves describes
+    operations that all exist where it is served.
+    """
+
+    public: Litestar
+    ops: Litestar
+
+
+def create_apps(
+    container: Container, settings: Settings, *, metrics: IngestMetrics | None = None,
+    serve_ops: bool = False,
+) -> IngestApps:
+    """The public and operations apps; `serve_ops`: the public app's start also starts the
+    operations listener on TELEMETRY_OPS_HOST:TELEMETRY_OPS_PORT (as `serve` does)."""
     accept = container.accept_readings()
     authenticator = container.authenticator()
     queue = container.queue()
@@ -499,18 +520,12 @@ def create_app(
         return {"status": "ok"}
 
     was_ready: list[bool | None] = [None]
+    # One probe at a time, its answer kept briefly: probes call the queue and the storage, and
+    # a flood of /readyz must not become a flood of calls to them.
+    ready_lock = asyncio.Lock()
+    last_ready: list[tuple[float, ReadyBody] | None] = [None]
 
-    @get(
-        "/readyz",
-        summary="Queue and storage answer",
-        tags=["operations"],
-        responses={
-            200: ResponseSpec(ReadyBody, description="Queue and storage answered."),
-            503: ResponseSpec(ReadyBody, description="Queue or storage did not answer "
-                              "(`unavailable`) or not in time (`timeout`)."),
-        },
-    )
-    async def readyz() -> Response[ReadyBody]:
+    async def probe_all() -> ReadyBody:
         results = {"queue": "timeout", "storage": "timeout"}
 
         async def probe(name: str, check: Any) -> None:
@@ -529,8 +544,25 @@ def create_app(
             was_ready[0] = ready
             event(log, "readiness_changed", logging.INFO if ready else logging.WARNING,
                   ready=ready, **results)
-        body = ReadyBody("ready" if ready else "unavailable", **results)
-        return Response(body, status_code=200 if ready else 503)
+        return ReadyBody("ready" if ready else "unavailable", **results)
+
+    @get(
+        "/readyz",
+        summary="Queue and storage answer",
+        tags=["operations"],
+        responses={
+            200: ResponseSpec(ReadyBody, description="Queue and storage answered."),
+            503: ResponseSpec(ReadyBody, description="Queue or storage did not answer "
+                              "(`unavailable`) or not in time (`timeout`)."),
+        },
+    )
+    async def readyz() -> Response[ReadyBody]:
+        async with ready_lock:
+            cached = last_ready[0]
+            if cached is None or clock.monotonic() - cached[0] >= READY_CACHE_SECONDS:
+                cached = last_ready[0] = (clock.monotonic(), await probe_all())
+        body = cached[1]
+        return Response(body, status_code=200 if body.status == "ready" else 503)
 
     @get(
         "/metrics",
@@ -556,7 +588,7 @@ def create_app(
                                      "create`"),
         }),
     )
-    return Litestar(
+    ops = Litestar(
         route_handlers=[post_readings, healthz, readyz, metrics_handler],
         on_shutdown=[sender.stop],
         request_max_body_size=max_wire,
@@ -565,6 +597,17 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    listener = OpsListener(ops, settings.ops_host, settings.ops_port) if serve_ops else None
+    public = Litestar(
+        route_handlers=[post_readings, healthz],
+        on_startup=[listener.start] if listener is not None else [],
+        on_shutdown=[*([listener.stop] if listener is not None else []), sender.stop],
+        request_max_body_size=max_wire,
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+    return IngestApps(public, ops)
 
 
 def app_from_env() -> Litestar:
@@ -573,9 +616,10 @@ def app_from_env() -> Litestar:
     from telemetry.entrypoints import logs
 
     logs.configure(settings.log_format, settings.log_level)
-    app = create_app(create_container(settings), settings)
+    slow_clients.configure(settings.header_timeout)
+    apps = create_apps(create_container(settings), settings, serve_ops=True)
     _tune_gc()
-    return app
+    return apps.public
 
 
 def _tune_gc() -> None:

@@ -50,6 +50,11 @@ class Settings:
     rate_limit: float = 10_000.0
     rate_burst: int = 20_000
     ready_timeout: float = 2.0
+    # the operations listener (/metrics, /readyz, /schema): loopback unless said otherwise
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 8001
+    # a request's headers must be complete this long after its first byte (slow clients)
+    header_timeout: float = 10.0
     # the key store file; None means $TELEMETRY_DATA_DIR/keys.json
     keys_file: Path | None = None
     # worker batching policy
@@ -156,6 +161,13 @@ def _not_negative(text: str) -> float:
     return v
 
 
+def _port(text: str) -> int:
+    v = int(text)
+    if not 0 <= v <= 65535:
+        raise ValueError("must be a port number, 0-65535 (0: any free port)")
+    return v
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         v = text.strip().lower()
@@ -187,6 +199,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_limit": _positive(float),
     "rate_burst": _positive(int),
     "ready_timeout": _positive(float),
+    "ops_host": str.strip,
+    "ops_port": _port,
+    "header_timeout": _positive(float),
     "keys_file": lambda s: Path(s).expanduser() if s.strip() else None,
     "batch_max_readings": _positive(int),
     "batch_max_bytes": _positive(int),
