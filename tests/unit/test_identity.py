@@ -5,6 +5,7 @@ vehicle's aggregate is the aggregate of its own readings alone, on every path ag
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -87,3 +88,21 @@ def test_the_same_id_under_two_vehicles_is_two_readings() -> None:
     assert sorted(r.vehicle_id for r in kept) == [VICTIM, "truck-1"]
     line = _victim_line(aggregate(HOUR, kept).encode())
     assert (line.readings, line.signals["v"]["min"]) == (1, 42.0)
+
+
+def test_a_lake_aggregated_under_the_old_identity_is_aggregated_again_once() -> None:
+    t = HOUR + timedelta(minutes=5)
+    storage = MemoryStorage()
+    key = lake.raw_key(HOUR, "f0", False)
+    storage.put(key, b"".join(encode_record(r) + b"\n" for r in [
+        Record("car-77:1", "truck-1", t, t, {"v": 99.0}),
+        Record("car-77:1", VICTIM, t, t + timedelta(seconds=1), {"v": 42.0}),
+    ]))
+    # what the previous release wrote: its state (version 1) and an aggregate without car-77
+    storage.put(lake.AGGREGATE_STATE, json.dumps(
+        {"version": 1, "hours": {lake.format_hour(HOUR): [key]}}).encode())
+    storage.put(lake.aggregate_key(HOUR), b"")
+    (result,) = AggregateHours(storage).changed()
+    assert result.readings == 2
+    assert _victim_line(storage.get(lake.aggregate_key(HOUR))).readings == 1
+    assert AggregateHours(storage).changed() == []  # once

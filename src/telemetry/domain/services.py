@@ -451,8 +451,13 @@ class AggregateResult:
     from_partials: int = 0  # files merged from their partials rather than decoded
 
 
+# 2: a reading's identity became (vehicle_id, reading_id) (ADR 0007). A state of an older
+# version says nothing about what its aggregates would be now, so every hour is redone once.
+_STATE_VERSION = 2
+
+
 class _State(msgspec.Struct):
-    version: int = 1
+    version: int = _STATE_VERSION
     hours: dict[str, list[str]] = {}
     # hour -> [raw lines, distinct readings] at its last aggregation: the duplicate rate of
     # ADR 0001's triggers
@@ -623,9 +628,12 @@ class AggregateHours:
 
     def _state(self) -> _State:
         try:
-            return _state_decoder.decode(self.storage.get(lake.AGGREGATE_STATE))
+            state = _state_decoder.decode(self.storage.get(lake.AGGREGATE_STATE))
         except NotFound:
             return _State()
+        # An older version says nothing about what its hours would be now: every hour is
+        # aggregated again, once (see _STATE_VERSION).
+        return state if state.version >= _STATE_VERSION else _State()
 
     def counts(self) -> dict[datetime, tuple[int, int]]:
         """Hour -> (raw lines, distinct readings) as of each hour's last aggregation (hours
