@@ -87,11 +87,11 @@ def duckdb_sql(root: Path) -> str:
     stats = ",\n".join(
         f'count(s."{n}"), min(s."{n}"), max(s."{n}"), avg(s."{n}")' for n in NUMERIC
     )
-    # DISTINCT ON keeps one copy per reading_id (the lake's copies are identical), so a
-    # duplicate never counts twice, as in ours.
+    # DISTINCT ON keeps one copy per identity, (vehicle_id, reading_id) (the lake's copies
+    # are identical), so a duplicate never counts twice, as in ours.
     return f"""
         WITH raw AS (
-            SELECT DISTINCT ON (reading_id) reading_id, vehicle_id, ts, signals AS s
+            SELECT DISTINCT ON (vehicle_id, reading_id) reading_id, vehicle_id, ts, signals AS s
             FROM read_json('{root}/raw/**/*.jsonl', format = 'newline_delimited',
                 columns = {{reading_id: 'VARCHAR', vehicle_id: 'VARCHAR',
                             ts: 'TIMESTAMPTZ', received_at: 'TIMESTAMPTZ',
