@@ -209,7 +209,9 @@ def wait_http(port: int, path: str = "/healthz", timeout: float = 30.0) -> None:
 
 def telemetry_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
-    env.update(TELEMETRY_DATA_DIR=str(data_dir), TELEMETRY_LOG_LEVEL="warning", **extra)
+    # TELEMETRY_OPS_PORT 0: a benchmark's server must not share an operator's ops port
+    env.update(TELEMETRY_DATA_DIR=str(data_dir), TELEMETRY_LOG_LEVEL="warning",
+               TELEMETRY_OPS_PORT="0", **extra)
     return env
 
 

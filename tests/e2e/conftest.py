@@ -91,6 +91,7 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
         TELEMETRY_DATA_DIR=str(tmp_path / "data"),
         TELEMETRY_BATCH_MAX_AGE="0.5",
         TELEMETRY_LOG_FORMAT="json",
+        TELEMETRY_OPS_PORT="0",  # a test's server shares no port; `use_ports` names one
     )
     p = Pipeline(tmp_path, env)
     yield p

@@ -150,6 +150,8 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
         "TELEMETRY_QUEUE": "sqlite",
         "TELEMETRY_STORAGE": "filesystem",
         "TELEMETRY_LOG_LEVEL": os.environ.get("TELEMETRY_LOG_LEVEL", "WARNING"),
+        # the demo's server is its own: any free port for its operations listener
+        "TELEMETRY_OPS_PORT": os.environ.get("TELEMETRY_OPS_PORT", "0"),
         **backend_env,
     }
     settings = load_settings(env)
