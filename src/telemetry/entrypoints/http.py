@@ -1,10 +1,14 @@
-"""The Litestar app: decoding, authentication, limits and error mapping, nothing else.
+"""The Litestar apps: decoding, authentication, limits and error mapping, nothing else.
 
 Bodies are read and decoded here (`bodies.py`), not by Litestar's signature model, so the
 contract's statuses hold exactly: 400 only for what cannot be decoded, 413 while the body
-streams in, 422 with every problem by reading index and field. The order of checks is the
-order of cost: headers (401, 429, 415, 413 by Content-Length), then the body (413, 400), then
-the rules (422, 403), then the queue (503). Nothing is enqueued before every check passed.
+streams in, 422 with problems by reading index and field. The order of checks is the order of
+cost: headers (401, 429, 415, 413 by Content-Length), then the body (413, 422 for too many
+readings before any is decoded, 400), then the rules (422, 403), then the queue (503). Nothing
+is enqueued before every check passed.
+
+Two apps share one process's state: the public one (the API and /healthz) and the operations
+one (/metrics, /readyz, /schema), served on a port of its own (`ops.py`).
 
 The success path does no logging and no work that could be done once at start.
 """
@@ -522,7 +526,9 @@ def create_apps(
     was_ready: list[bool | None] = [None]
     # One probe at a time, its answer kept briefly: probes call the queue and the storage, and
     # a flood of /readyz must not become a flood of calls to them.
-    ready_lock = asyncio.Lock()
+    # The lock belongs to the loop that serves /readyz (made there: an asyncio lock is bound to
+    # the first loop that waits on it).
+    ready_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
     last_ready: list[tuple[float, ReadyBody] | None] = [None]
 
     async def probe_all() -> ReadyBody:
@@ -557,7 +563,12 @@ def create_apps(
         },
     )
     async def readyz() -> Response[ReadyBody]:
-        async with ready_lock:
+        loop = asyncio.get_running_loop()
+        lock = ready_locks.get(loop)
+        if lock is None:
+            ready_locks.clear()  # a loop of the past (tests run one per client)
+            lock = ready_locks[loop] = asyncio.Lock()
+        async with lock:
             cached = last_ready[0]
             if cached is None or clock.monotonic() - cached[0] >= READY_CACHE_SECONDS:
                 cached = last_ready[0] = (clock.monotonic(), await probe_all())
