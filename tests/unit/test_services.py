@@ -177,3 +177,15 @@ def test_a_reading_too_big_for_one_queue_message_is_a_422_naming_it(clock) -> No
     # Small readings are still split over as many messages as they need.
     many = [reading(f"v{i}", i / 100) for i in range(200)]
     assert accept.execute(many, None).messages > 1
+
+
+def test_a_request_spanning_more_hours_than_the_rules_allow_is_refused_whole() -> None:
+    queue, clock = MemoryQueue(), FakeClock(T0)
+    accept = AcceptReadings(queue, clock, ReadingRules(max_hours=3))
+    start = (T0 - timedelta(hours=10)).replace(minute=0)
+    three = [Reading("car-1", start + timedelta(minutes=m), {"v": 1}) for m in (0, 59, 60, 179)]
+    accept.execute(three, None)
+    with pytest.raises(InvalidReadings) as caught:
+        accept.execute([*three, Reading("car-1", start + timedelta(hours=3), {"v": 1})], None)
+    assert "span 4 hours" in caught.value.problems[0].message
+    assert len(queue.receive(100)) == 3  # the first request's hours only

@@ -108,6 +108,9 @@ class AcceptReadings:
                 group = by_hour[hour] = ([], [])
             group[0].append(Record(rid, r.vehicle_id, ts, now, r.signals))
             group[1].append(t_ms)
+        too_many_hours = self.rules.hours_problem(len(by_hour))
+        if too_many_hours is not None:
+            raise InvalidReadings([too_many_hours])
         all_derived = len(missing) == len(readings)
         joined = {
             h: (encode_records(recs), ts, partial_line(recs, all_derived))
