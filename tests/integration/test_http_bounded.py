@@ -65,8 +65,9 @@ def test_too_many_readings_are_refused_before_the_rest_is_decoded(client, contai
     r = client.post(URL, content=ndjson([good()] * 1001) + b"{not json\n", headers=NDJSON)
     assert r.status_code == 422, r.text
     assert "more than 1000 readings" in r.json()["extra"][0]["message"]
-    # msgpack: an array header announcing 2**31 readings, and nothing after it
-    r = client.post(URL, content=b"\x81\xa8readings\xdd\x80\x00\x00\x00", headers=MSGPACK)
+    # msgpack: an array header announcing 2**31 readings, then bytes no decoder could read
+    r = client.post(URL, content=b"\x81\xa8readings\xdd\x80\x00\x00\x00" + b"\xc1" * 40_000,
+                    headers=MSGPACK)
     assert r.status_code == 422, r.text
     r = client.post(URL, json={"readings": [good()] * 1001})
     assert r.status_code == 422, r.text
