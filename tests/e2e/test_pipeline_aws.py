@@ -57,7 +57,7 @@ def test_every_accepted_reading_is_stored_once_and_counted_once_on_aws(
 
     key = pipeline.create_key("car-*")
     pipeline.serve()
-    ready = httpx.get(pipeline.url + "/readyz", timeout=10)  # GetQueueAttributes, HeadBucket
+    ready = httpx.get(pipeline.ops_url + "/readyz", timeout=10)  # GetQueueAttributes, HeadBucket
     assert ready.status_code == 200, ready.text
     worker = pipeline.start("worker", log_name="worker")
     now = datetime.now(UTC).replace(microsecond=0)
