@@ -166,7 +166,9 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replayed]:
         # the log is 600 s long, so all of it stays in the past.
         r.car_start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=15)
         r.mf4_start = r.car_start
-        r.tiny_start = datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)
+        # a fixed instant two days back: within the service's maximum lateness
+        r.tiny_start = (datetime.now(UTC) - timedelta(days=2)).replace(
+            hour=3, minute=4, second=5, microsecond=250000)
         tiny = {**TRUCK, "log": _tiny_log(tmp / "relative.candump.log")}
         before = datetime.now(UTC)
         procs = {

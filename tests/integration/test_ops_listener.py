@@ -3,6 +3,7 @@ synchronous process, on a port of its own, and gone when stopped."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import httpx
@@ -47,3 +48,15 @@ def test_the_new_settings_parse_and_name_themselves_when_bad() -> None:
                         ("TELEMETRY_MAX_REQUEST_HOURS", "x"), ("TELEMETRY_HEADER_TIMEOUT", "-1")]:
         with pytest.raises(ConfigError, match=name):
             load_settings({name: value})
+
+
+def test_a_port_taken_by_another_user_stops_the_start_naming_the_settings() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # no SO_REUSEPORT: nobody may share it
+    taken.listen(1)
+    try:
+        listener = OpsListener(Litestar([_metrics]), "127.0.0.1", taken.getsockname()[1])
+        with pytest.raises(OSError, match="TELEMETRY_OPS_PORT"):
+            listener.start_thread()
+    finally:
+        taken.close()

@@ -56,7 +56,11 @@ class OpsListener:
         self._thread: threading.Thread | None = None
 
     def _make(self) -> tuple[_Server, socket.socket]:
-        sock = _bind(self.host, self.port)
+        try:
+            sock = _bind(self.host, self.port)
+        except OSError as exc:  # the process stops at start, saying which setting to change
+            raise OSError(f"operations listener on {self.host}:{self.port} "
+                          f"(TELEMETRY_OPS_HOST, TELEMETRY_OPS_PORT): {exc}") from exc
         self.port = sock.getsockname()[1]  # port 0: the one the system chose
         config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_config=None,
                                 http=slow_clients.HeaderDeadlineProtocol)
