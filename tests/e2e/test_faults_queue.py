@@ -62,6 +62,8 @@ def test_a_locked_sqlite_queue_is_one_fault_episode_for_the_worker(pipeline: Pip
     (fault,) = events(pipeline, "fault")
     assert "SQLite queue" in str(fault["error"])
     assert len(events(pipeline, "recovered")) == 1
+    # the second file is logged once its step ends, which may be after the checks above
+    wait_for("two files", lambda: len(events(pipeline, "file_written")) >= 2, pipeline)
     assert len(events(pipeline, "file_written")) == 2  # the first file was not written again
 
 
