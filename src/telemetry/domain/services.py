@@ -454,7 +454,7 @@ class AggregateResult:
     from_partials: int = 0  # files merged from their partials rather than decoded
 
 
-# 2: a reading's identity became (vehicle_id, reading_id) (ADR 0008). A state of an older
+# 2: a reading's identity became (vehicle_id, reading_id) (ADR 0010). A state of an older
 # version says nothing about what its aggregates would be now, so every hour is redone once.
 _STATE_VERSION = 2
 

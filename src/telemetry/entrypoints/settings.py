@@ -161,7 +161,7 @@ def _not_negative(text: str) -> float:
     return v
 
 
-def _port(text: str) -> int:
+def _ops_port(text: str) -> int:
     v = int(text)
     if not 0 <= v <= 65535:
         raise ValueError("must be a port number, 0-65535 (0: any free port)")
@@ -200,7 +200,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "rate_burst": _positive(int),
     "ready_timeout": _positive(float),
     "ops_host": str.strip,
-    "ops_port": _port,
+    "ops_port": _ops_port,
     "header_timeout": _positive(float),
     "keys_file": lambda s: Path(s).expanduser() if s.strip() else None,
     "batch_max_readings": _positive(int),
