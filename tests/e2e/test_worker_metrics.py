@@ -111,8 +111,7 @@ def test_ingest_metrics_sum_over_its_processes(pipeline: Pipeline) -> None:
     """`serve --workers 2` shares one port: whichever process answers a scrape, it counts the
     requests of both."""
     key = pipeline.create_key()
-    port = free_port()
-    pipeline.url = f"http://127.0.0.1:{port}"
+    port = pipeline.use_ports()  # both processes bind the operations port too (SO_REUSEPORT)
     serve = pipeline.start("serve", "--port", str(port), "--workers", "2", log_name="serve")
     deadline = time.monotonic() + 60
     while True:
@@ -135,7 +134,7 @@ def test_ingest_metrics_sum_over_its_processes(pipeline: Pipeline) -> None:
         assert r.status_code == 202, r.text
     for _ in range(10):
         with httpx.Client() as c:
-            m = samples(c.get(pipeline.url + "/metrics", timeout=10).text)
+            m = samples(c.get(pipeline.ops_url + "/metrics", timeout=10).text)
         assert m["telemetry_readings_accepted_total"] == 40
         assert m["telemetry_ingest_requests_total{reason=accepted,status=202}"] == 40
         assert m["telemetry_enqueue_seconds_count{outcome=ok}"] == 40
