@@ -286,13 +286,13 @@ def _report(container: Container, sim: Any, stats: Any, results: Any, prefix: st
         print(f"latency {name:<19} p50 {d['p50_ms']:>8.0f} ms  p95 {d['p95_ms']:>8.0f} ms  "
               f"p99 {d['p99_ms']:>8.0f} ms  max {d['max_ms']:>8.0f} ms")
     if rows:
-        hour = rows[0].hour
+        hour = rows[0].hour_start
         print(f"\nper-vehicle counts for hour {hour:%Y-%m-%dT%H}Z (first 10 vehicles):")
         # An electric vehicle's state of charge is its headline, where it has one (the Kona).
         soc = any(SOC in r.signals for r in rows)
         print(f"  {'vehicle':<18} {'readings':>8}  {'mean km/h':>9}  "
               + (f"{'mean SoC %':>10}  " if soc else "") + "first_ts .. last_ts")
-        for line in [r for r in rows if r.hour == hour][:10]:
+        for line in [r for r in rows if r.hour_start == hour][:10]:
             sp = line.signals.get("Vehicle.Speed", {}).get("mean", float("nan"))
             charge = line.signals.get(SOC, {}).get("mean", float("nan"))
             print(f"  {line.vehicle_id:<18} {line.readings:>8}  {sp:>9.1f}  "
