@@ -233,18 +233,12 @@ def provision(
     return out
 
 
-def _region(given: str | None) -> str | None:
-    if given:
-        return given
-    import boto3
-
-    return boto3.session.Session().region_name
-
-
 def cmd_init(args: argparse.Namespace) -> int:
-    region = _region(args.region)
+    from telemetry.adapters.aws_client import NO_REGION, AwsSetupError, resolve_region
+
+    region = args.region or resolve_region()
     if not region:
-        print("telemetry aws init: no region: pass --region or set AWS_REGION", file=sys.stderr)
+        print(f"telemetry aws init: {NO_REGION}, or pass --region", file=sys.stderr)
         return 2
     try:
         settings = provision(
@@ -257,7 +251,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             retention_seconds=round(args.retention_days * 86_400),
             message_size=args.message_size,
         )
-    except ValueError as exc:
+    except (ValueError, AwsSetupError) as exc:
         print(f"telemetry aws init: {exc}", file=sys.stderr)
         return 2
     except (QueueUnavailable, StorageUnavailable) as exc:

@@ -19,7 +19,7 @@ from typing import Any
 from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.lake import format_hour, parse_hour
 from telemetry.entrypoints import logs, simulate
-from telemetry.entrypoints.container import create_container
+from telemetry.entrypoints.container import check_backends, create_container
 from telemetry.entrypoints.logs import event
 from telemetry.entrypoints.settings import ConfigError, Settings, load_settings
 
@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     s = _settings()
     s.data_dir.mkdir(parents=True, exist_ok=True)
+    check_backends(create_container(s), s)  # before uvicorn, which would print a traceback
     # Several processes share the port: each keeps its metrics in this directory, and whichever
     # answers /metrics sums them all (docs/adr/0008-prometheus-metrics.md).
     metrics_dir = None
@@ -74,6 +75,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     s = _settings()
     container = create_container(s)
+    check_backends(container, s)
     stop = threading.Event()
     deadline = s.shutdown_deadline
     drain = container.drain_batches()
@@ -131,7 +133,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
     jobs = aggregate_jobs.default_jobs() if args.jobs is None else args.jobs
     s = _settings()
-    service = create_container(s).aggregate_hours()
+    container = create_container(s)
+    check_backends(container, s)
+    service = container.aggregate_hours()
 
     def make_service() -> AggregateHours:  # in each process: its own storage client
         return create_container(s).aggregate_hours()

@@ -33,7 +33,7 @@ class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         tail = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
-        t = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
+        t = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         line = f"{t} {record.levelname.lower():<7} {record.name}: {record.getMessage()}"
         line = f"{line} {tail}" if tail else line
         if record.exc_info:
@@ -55,6 +55,11 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     root.setLevel(level)
     # uvicorn's access log would print every request; our own request metrics replace it.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The SDK narrates each client it builds ("Found credentials in environment variables"):
+    # noise at info, kept at debug.
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -236,9 +236,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values["log_level"] = values["log_level"].upper()
     s = Settings(**values)
     if s.queue == "sqs" and not s.sqs_queue_url:
-        raise ConfigError("TELEMETRY_SQS_QUEUE_URL: required when TELEMETRY_QUEUE=sqs")
+        raise ConfigError("TELEMETRY_SQS_QUEUE_URL: required when TELEMETRY_QUEUE=sqs "
+                          "(`telemetry aws init` prints it)")
     if s.storage == "s3" and not s.s3_bucket:
-        raise ConfigError("TELEMETRY_S3_BUCKET: required when TELEMETRY_STORAGE=s3")
+        raise ConfigError("TELEMETRY_S3_BUCKET: required when TELEMETRY_STORAGE=s3 "
+                          "(`telemetry aws init` prints it)")
+    # An AWS setting without its backend chosen would otherwise be ignored in silence, and the
+    # process run on the local queue or lake instead.
+    if s.sqs_queue_url and s.queue != "sqs":
+        raise ConfigError(f"TELEMETRY_QUEUE: is {s.queue!r} but TELEMETRY_SQS_QUEUE_URL is set; "
+                          "set TELEMETRY_QUEUE=sqs to use it (or unset the URL)")
+    for name, value in (("TELEMETRY_S3_BUCKET", s.s3_bucket), ("TELEMETRY_S3_PREFIX", s.s3_prefix)):
+        if value and s.storage != "s3":
+            raise ConfigError(f"TELEMETRY_STORAGE: is {s.storage!r} but {name} is set; "
+                              f"set TELEMETRY_STORAGE=s3 to use it (or unset {name})")
     if s.max_decompressed_bytes < s.max_body_bytes:
         raise ConfigError("TELEMETRY_MAX_DECOMPRESSED_BYTES: must not be below the body limit")
     if s.raw_retention and s.curated_format != "jsonl":
