@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from telemetry import __version__
 from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.lake import format_hour, parse_hour
 from telemetry.entrypoints import logs, simulate
 from telemetry.entrypoints.container import check_backends, create_container
 from telemetry.entrypoints.logs import event
-from telemetry.entrypoints.settings import ConfigError, Settings, load_settings
+from telemetry.entrypoints.settings import ConfigError, Settings, install_hint, load_settings
 
 log = logging.getLogger("telemetry")
 
@@ -267,18 +268,47 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
+def _missing_extra(command: str, extra: str, error: str) -> Any:
+    def run(_args: argparse.Namespace) -> int:
+        print(f"telemetry {command}: needs the {extra} extra ({error}): {install_hint(extra)}",
+              file=sys.stderr)
+        return 2
+
+    return run
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except where there is none to show, the help already says it, or
+    the value could be a secret (a key taken from the environment)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (action.default in (None, False, "", argparse.SUPPRESS) or "default" in text
+                or "key" in action.dest or not action.option_strings):
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="telemetry",
         description="Fleet telemetry pipeline. Configuration: TELEMETRY_* environment "
-        "variables (see README).",
+        "variables (see README and docs/cli.md).",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("serve", help="run the ingest HTTP service",
                         description="Run the ingest HTTP service.")
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (0.0.0.0: every interface)")
+    sp.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     sp.add_argument("--workers", type=int, default=1, help="server processes")
     sp.set_defaults(func=cmd_serve)
 
@@ -302,8 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(sub)
     try:
         from telemetry.entrypoints import replay
-    except ImportError:  # pragma: no cover - CAN extras not installed
-        pass
+    except ImportError as exc:  # the can extra is not installed: say so when asked for
+        rp = sub.add_parser("replay", help="decode a real CAN log with a DBC file and post its "
+                            "readings (needs the can extra)", add_help=False,
+                            description="Needs the can extra: " + install_hint("can"))
+        rp.set_defaults(func=_missing_extra("replay", "can", str(exc)), takes_any_arguments=True)
     else:
         replay.add_parser(sub)
 
@@ -350,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A command whose extra is missing takes any arguments, to answer with what to install.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):
+        parser.error("unrecognized arguments: " + " ".join(unknown))
     try:
         return int(args.func(args))
     except ConfigError as exc:

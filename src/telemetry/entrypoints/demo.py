@@ -33,7 +33,7 @@ from telemetry.domain.readings import Record
 from telemetry.entrypoints import logs, report
 from telemetry.entrypoints.aggregate_jobs import with_progress
 from telemetry.entrypoints.container import Container, create_container
-from telemetry.entrypoints.settings import load_settings
+from telemetry.entrypoints.settings import install_hint, load_settings
 from telemetry.entrypoints.simulate import simulate
 from telemetry.entrypoints.worker import Worker
 from telemetry.entrypoints.worker_observers import DrainProgress, observers
@@ -112,7 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             from telemetry.adapters.canlog import CanLogError, FrameDecoder, check_log
         except ImportError:
-            print("telemetry demo: --replay needs the can extra: pip install -e '.[can]'",
+            print(f"telemetry demo: --replay needs the can extra: {install_hint('can')}",
                   file=sys.stderr)
             return 2
         files = _replay_files(args)
@@ -323,7 +323,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["embedded", "aws"], default="embedded",
                    help="embedded: SQLite + filesystem; aws: SQS + S3 on a moto server the "
-                   "demo starts on 127.0.0.1 (needs the dev extra, moto[server])")
+                   "demo starts on 127.0.0.1 (needs the aws-demo extra, moto[server])")
     r = p.add_argument_group(
         "replaying a real CAN log instead of simulating (needs the can extra)",
         "The log is decoded, shifted so that it ends now, and posted as fast as the service "

@@ -115,6 +115,12 @@ class Settings:
         return d
 
 
+def install_hint(extra: str) -> str:
+    """The pip command that installs an optional extra."""
+    return (f"pip install 'fleet-telemetry[{extra}]' (in a checkout of the source: "
+            f"pip install -e '.[{extra}]')")
+
+
 def _env_name(field: str) -> str:
     return "TELEMETRY_" + field.upper()
 
