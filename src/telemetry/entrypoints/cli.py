@@ -283,8 +283,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if (action.default in (None, False, "", argparse.SUPPRESS) or "default" in text
-                or "key" in action.dest or not action.option_strings):
+        d = action.default
+        nothing = d is None or d is False or d in ("", argparse.SUPPRESS)
+        if nothing or "default" in text or "key" in action.dest or not action.option_strings:
             return text
         return super()._get_help_string(action)
 

@@ -315,12 +315,12 @@ def add_parser(sub: Any) -> None:
         "TELEMETRY_DATA_DIR), drive a simulated fleet, drain, aggregate, report, and check "
         "that every accepted reading is stored and counted once (exit 1 if not).",
     )
-    p.add_argument("--vehicles", type=int, default=50)
+    p.add_argument("--vehicles", type=int, default=50, help="simulated vehicles")
     p.add_argument("--rate", type=float, default=10.0, help="readings per vehicle per second")
     p.add_argument("--duration", type=float, default=15.0, help="seconds of simulated driving")
     p.add_argument("--batch", type=int, help="readings per request (default: 100 simulated, "
                    "500 replayed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the simulated fleet")
     p.add_argument("--backend", choices=["embedded", "aws"], default="embedded",
                    help="embedded: SQLite + filesystem; aws: SQS + S3 on a moto server the "
                    "demo starts on 127.0.0.1 (needs the aws-demo extra, moto[server])")
