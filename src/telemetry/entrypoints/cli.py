@@ -60,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             log_level=s.log_level.lower(),
+            log_config=logs.uvicorn_log_config(s.log_format, s.log_level),
             access_log=False,
             timeout_graceful_shutdown=10,
         )
@@ -445,7 +446,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"telemetry: configuration error: {exc}", file=sys.stderr)
+        if os.environ.get("TELEMETRY_LOG_FORMAT", "").strip().lower() == "json":
+            # Log collectors expect JSON from every line, this one included.
+            print(json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                              "level": "error", "logger": "telemetry",
+                              "event": "configuration_error", "error": str(exc)}),
+                  file=sys.stderr)
+        else:
+            print(f"telemetry: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -47,9 +47,32 @@ def _text(v: Any) -> str:
     return str(v)
 
 
+def formatter(fmt: str = "text") -> logging.Formatter:
+    """The project's formatter (also a `logging.config` factory: `{"()": ..., "fmt": ...}`)."""
+    return _JsonFormatter() if fmt == "json" else _TextFormatter()
+
+
+def uvicorn_log_config(fmt: str, level: str) -> dict[str, Any]:
+    """uvicorn's loggers on the project's format, in every server process (uvicorn applies
+    this itself, before our app factory runs, in each worker it spawns)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"telemetry": {"()": f"{__name__}.formatter", "fmt": fmt}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "telemetry",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},
+            # every request would be a line; the ingest's own metrics replace it
+            "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
 def configure(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.setFormatter(formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -217,6 +217,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     raw: dict[str, str] = {}
+    where: dict[str, str] = {}  # how a message names each setting: as the user wrote it
     cfg_file = env.get("TELEMETRY_CONFIG_FILE")
     if cfg_file:
         try:
@@ -228,16 +229,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             if k not in _PARSERS:
                 raise ConfigError(f"TELEMETRY_CONFIG_FILE: unknown setting {k!r} in {cfg_file}")
             raw[k] = str(v).lower() if isinstance(v, bool) else str(v)
+            where[k] = f"{k}={raw[k]!r} in {cfg_file}"
     for f in fields(Settings):
         name = _env_name(f.name)
         if name in env:
             raw[f.name] = env[name]
+            where[f.name] = f"{name}={env[name]!r}"
     values: dict[str, Any] = {}
     for key, text in raw.items():
         try:
             values[key] = _PARSERS[key](text)
         except ValueError as exc:
-            raise ConfigError(f"{_env_name(key)}={text!r}: {exc}") from None
+            raise ConfigError(f"{where[key]}: {exc}") from None
     if "log_level" in values:
         values["log_level"] = values["log_level"].upper()
     s = Settings(**values)
