@@ -183,3 +183,19 @@ def test_published_schemas_are_current() -> None:
         if os.environ.get("UPDATE_SCHEMAS"):
             path.write_text(text)
         assert path.read_text() == text, f"{path} is stale: see this test's docstring"
+
+
+def test_the_documented_duckdb_examples_run(lake: Path) -> None:
+    """The example queries of docs/querying.md's DuckDB section bind and run over the lake."""
+    section = QUERYING.read_text().split("## DuckDB", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sql\n(.*?)```", section, re.S)
+    assert block
+    statements = [s for s in block.group(1).split(";") if s.strip()]
+    assert len(statements) == 2
+    con = duckdb.connect()
+    hour = _instant(_aggregates(lake)[0]["hour_start"])
+    for text in statements:
+        sql = re.sub(r"year = \d+ AND month = \d+ AND day = \d+( AND hour = \d+)?",
+                     f"year = {hour.year} AND month = {hour.month} AND day = {hour.day}"
+                     f" AND hour = {hour.hour}", text.replace("'lake/", f"'{lake}/"))
+        assert con.execute(sql).fetchall(), sql
