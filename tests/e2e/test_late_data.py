@@ -79,7 +79,7 @@ def _aggregated(out: Any) -> dict[str, dict]:
     events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     done = [e for e in events if e["event"] == "hour_aggregated"]
     assert f"aggregated {len(done)} hour(s)" in out.stdout, (out.stdout, out.stderr)
-    by_hour = {e["hour_start"]: e for e in done}
+    by_hour = {e["hour"]: e for e in done}
     assert len(by_hour) == len(done), done  # no hour twice in one run
     return by_hour
 
