@@ -69,7 +69,7 @@ def read_ours(root: Path, hours: list[datetime]) -> dict[Key, dict[str, Any]]:
     out: dict[Key, dict[str, Any]] = {}
     for h in hours:
         for line in decode_aggregate_lines(storage.get(aggregate_key(h))):
-            out[int(line.hour.timestamp()), line.vehicle_id] = {
+            out[int(line.hour_start.timestamp()), line.vehicle_id] = {
                 "readings": line.readings,
                 "first_us": _us(line.first_ts),
                 "last_us": _us(line.last_ts),

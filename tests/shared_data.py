@@ -7,9 +7,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "src" / "telemetry" / "samples"
+CAN = SAMPLES / "can"
 MAPS = SAMPLES / "maps"
-
-
-def shared_data(holding: str) -> Path | None:
-    """The samples directory when it holds `holding` (a relative path), else None."""
-    return SAMPLES if (SAMPLES / holding).exists() else None
+VSS_CSV = SAMPLES / "vss" / "vss.csv.gz"

@@ -313,3 +313,24 @@ def test_settings_reach_the_queue(make_queue: Callable[..., QueueHarness]) -> No
     assert h.max_receives == 2
     assert h.queue.visibility_timeout >= 5.0
     assert h.queue.max_message_bytes <= 1000
+
+
+def test_depth_counts_visible_in_flight_and_dead(queue: QueueHarness) -> None:
+    q = queue.queue
+    assert isinstance(q, QueueDepthProbe)
+    empty = q.depth()
+    assert (empty.visible, empty.in_flight, empty.dead_letters) == (0, 0, 0)
+    assert empty.visible_again_by is None
+    bad = texts(2, "bad")
+    poison(queue, bad)
+    expire(queue)
+    assert drain(queue) == []  # `bad` is dead-lettered now
+    q.send(texts(3, "later"))
+    [first] = q.receive(1)
+    d = q.depth()
+    assert (d.visible, d.in_flight, d.dead_letters) == (2, 1, 2)
+    assert d.visible_again_by is not None
+    q.delete([first.receipt])
+    d = q.depth()
+    assert (d.visible, d.in_flight, d.dead_letters) == (2, 0, 2)
+    assert d.visible_again_by is None

@@ -132,7 +132,7 @@ def aggregate_counts(lake: Path) -> Counter[tuple[str, str]]:
     for f in (lake / "aggregates" / "hourly").rglob("vehicles.jsonl"):
         for line in f.read_text().splitlines():
             row = json.loads(line)
-            counts[_hour(row["hour"]), row["vehicle_id"]] += row["readings"]
+            counts[_hour(row["hour_start"]), row["vehicle_id"]] += row["readings"]
     return counts
 
 

@@ -54,7 +54,7 @@ def _expected(hour: datetime, posted: list[tuple[str, dict]]) -> dict[str, dict]
                 if type(v) in (int, float):  # bools and strings have no statistics
                     columns.setdefault(name, []).append(v)
         out[vid] = {
-            "hour": hour, "vehicle_id": vid, "readings": len(rs),
+            "hour_start": hour, "vehicle_id": vid, "readings": len(rs),
             "first_ts": min(ts), "last_ts": max(ts),
             "signals": {n: {"count": len(vs), "min": min(vs), "max": max(vs),
                             "mean": math.fsum(vs) / len(vs)} for n, vs in columns.items()},
@@ -66,7 +66,7 @@ def _lines(path: Path) -> dict[str, dict]:
     rows = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        for f in ("hour", "first_ts", "last_ts"):
+        for f in ("hour_start", "first_ts", "last_ts"):
             assert row[f].endswith("Z"), row
             row[f] = datetime.fromisoformat(row[f])
         rows[row["vehicle_id"]] = row

@@ -112,7 +112,7 @@ def test_every_accepted_reading_is_stored_once_and_counted_once_on_aws(
     for r in rows:
         by_vehicle[r["vehicle_id"]] += r["readings"]
     assert by_vehicle == {f"car-{v}": 150 for v in range(3)}
-    assert len({r["hour"] for r in rows}) >= 2
+    assert len({r["hour_start"] for r in rows}) >= 2
     written = [json.loads(line) for line in pipeline.log("worker").splitlines()
                if '"file_written"' in line]
     assert written and all(w["key"].startswith("raw/") for w in written)

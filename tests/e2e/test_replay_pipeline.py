@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.shared_data import shared_data
+from tests.shared_data import CAN, MAPS
 
 pytest.importorskip("can", reason="the CAN extras (python-can, cantools) are not installed")
 pytest.importorskip("cantools", reason="the CAN extras (python-can, cantools) are not installed")
@@ -46,21 +46,14 @@ from tests.e2e.conftest import Pipeline
 REPO = Path(__file__).resolve().parents[2]
 
 
-DATA = shared_data("can")
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.skipif(DATA is None,
-                       reason="the sample real-vehicle data is not in src/telemetry/samples"),
-]
-CAN = (DATA or Path()) / "can"
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 TRUCK = {"dbc": CAN / "css-j1939-demo.dbc", "log": CAN / "css-truck-j1939.candump.log.gz",
-         "map": REPO / "src" / "telemetry" / "samples" / "maps" / "css-truck-j1939.yaml"}
+         "map": MAPS / "css-truck-j1939.yaml"}
 CAR = {"dbc": CAN / "canmod-gps.dbc", "log": CAN / "css-car-gnss-obd2.candump.log.gz",
-       "map": REPO / "src" / "telemetry" / "samples" / "maps" / "css-car-gnss-obd2.yaml"}
+       "map": MAPS / "css-car-gnss-obd2.yaml"}
 TRUCK_MF4 = {**TRUCK, "log": CAN / "css-truck-j1939.mf4"}
 KONA = {"dbc": CAN / "css-uds-kona-ev.dbc", "log": CAN / "css-kona-ev-uds.mf4",
-        "map": REPO / "src" / "telemetry" / "samples" / "maps" / "css-kona-ev-uds.yaml"}
+        "map": MAPS / "css-kona-ev-uds.yaml"}
 SOC = "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"
 OUTDOOR = "Vehicle.Exterior.AirTemperature"
 TRUCK_READINGS = 14499  # EEC1 12,719 + CCVS1 1,272 + 4 DTCs in each of 127 DM1 messages

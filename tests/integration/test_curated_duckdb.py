@@ -58,8 +58,8 @@ def test_duckdb_over_the_curated_hours_agrees_with_the_aggregates(
     for a in aggregates:
         for line in decode_aggregate_lines(storage.get(a.key)):
             speed = line.signals["Vehicle.Speed"]
-            want.append((line.vehicle_id, line.hour, line.readings, line.first_ts, line.last_ts,
-                         speed["count"], speed["min"], speed["max"], speed["mean"]))
+            want.append((line.vehicle_id, line.hour_start, line.readings, line.first_ts,
+                         line.last_ts, speed["count"], speed["min"], speed["max"], speed["mean"]))
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     got = con.execute(QUERIES[fmt].format(root=root)).fetchall()

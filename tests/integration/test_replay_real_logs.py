@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.shared_data import shared_data
+from tests.shared_data import CAN, MAPS, VSS_CSV
 
 pytest.importorskip("can", reason="the CAN extras (python-can, cantools) are not installed")
 pytest.importorskip("cantools", reason="the CAN extras (python-can, cantools) are not installed")
@@ -43,16 +43,6 @@ from telemetry.adapters.ingest_client import ClientSummary
 from telemetry.domain.readings import Reading
 from telemetry.entrypoints.replay import replay
 
-REPO = Path(__file__).resolve().parents[2]
-MAPS = REPO / "src" / "telemetry" / "samples" / "maps"
-
-
-DATA = shared_data("can")
-pytestmark = pytest.mark.skipif(
-    DATA is None,
-    reason="the sample real-vehicle data is not in src/telemetry/samples",
-)
-CAN = (DATA or Path()) / "can"
 CAR = {"dbc": CAN / "canmod-gps.dbc", "log": CAN / "css-car-gnss-obd2.candump.log.gz",
        "map": MAPS / "css-car-gnss-obd2.yaml"}
 TRUCK = {"dbc": CAN / "css-j1939-demo.dbc", "log": CAN / "css-truck-j1939.candump.log.gz",
@@ -266,7 +256,7 @@ def test_kona_state_of_charge_and_outdoor_temperature_from_every_complete_reply(
 
 @pytest.fixture(scope="module")
 def vss() -> dict[str, dict[str, str]]:
-    with gzip.open((DATA or Path()) / "vss" / "vss.csv.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(VSS_CSV, "rt", encoding="utf-8") as f:
         return {row["Signal"]: row for row in csv.DictReader(io.StringIO(f.read()))}
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from telemetry.entrypoints.container import create_container
-from telemetry.entrypoints.settings import ConfigError, load_settings
+from telemetry.entrypoints.settings import ConfigError, Settings, load_settings
 
 
 def test_the_worker_gets_its_receive_size_and_partials_interval(tmp_path: Path) -> None:
@@ -62,3 +63,34 @@ def test_curation_gets_its_format_grace_part_size_and_retention(tmp_path: Path) 
 def test_bad_curation_settings_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings(env)
+
+
+def test_a_bad_value_from_the_file_is_named_as_written_there(tmp_path: Path) -> None:
+    cfg = tmp_path / "telemetry.toml"
+    cfg.write_text('queue = "sqlite"\nbatch_max_age = -3\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TELEMETRY_CONFIG_FILE": str(cfg)})
+    message = str(info.value)
+    assert message.startswith(f"batch_max_age='-3' in {cfg}:"), message
+    assert "TELEMETRY_BATCH_MAX_AGE" not in message
+    # The environment wins, and is named as the variable it is.
+    with pytest.raises(ConfigError, match=r"^TELEMETRY_BATCH_MAX_AGE='x':"):
+        load_settings({"TELEMETRY_CONFIG_FILE": str(cfg), "TELEMETRY_BATCH_MAX_AGE": "x"})
+
+
+def test_the_readme_lists_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    lines = table.splitlines()
+
+    def listed(name: str) -> bool:
+        """Named whole, or as `_SUFFIX` in a row that names a sibling (`TELEMETRY_A_X`, `_Y`)."""
+        if f"`{name}`" in table:
+            return True
+        cuts = [i for i, c in enumerate(name) if c == "_" and i > len("TELEMETRY")]
+        return any(f"`{name[:i]}" in line and f"`{name[i:]}`" in line
+                   for i in cuts for line in lines)
+
+    missing = [n for f in dataclasses.fields(Settings)
+               if not listed(n := f"TELEMETRY_{f.name.upper()}")]
+    assert not missing, f"not in the README's configuration table: {missing}"

@@ -55,7 +55,7 @@ def test_one_line_per_vehicle_with_the_documented_fields() -> None:
     )
     truck, van = lines(agg)
     assert truck == {
-        "hour": "2026-11-29T01:00:00Z",
+        "hour_start": "2026-11-29T01:00:00Z",
         "vehicle_id": "truck-1",
         "readings": 3,
         "first_ts": "2026-11-29T01:05:00Z",
@@ -285,5 +285,5 @@ def test_duplicates_never_count_twice_and_order_does_not_matter(rs: list[Record]
 def test_the_hour_is_written_in_utc() -> None:
     local = HOUR.astimezone(timezone(timedelta(hours=5)))
     (line,) = lines(aggregate(local, [rec("a", 1, {"x": 1})]))
-    assert line["hour"] == "2026-11-29T01:00:00Z"
+    assert line["hour_start"] == "2026-11-29T01:00:00Z"
     assert HOUR.tzinfo == UTC

@@ -156,7 +156,7 @@ def test_aggregate_counts_duplicates_once_and_tracks_changed_hours(queue, storag
     assert rows["a"]["readings"] == 2
     assert rows["a"]["signals"]["Vehicle.Speed"] == {"count": 2, "min": 10.0, "max": 20.0,
                                                      "mean": 15.0}
-    assert rows["a"]["hour"] == "2026-11-29T01:00:00Z"
+    assert rows["a"]["hour_start"] == "2026-11-29T01:00:00Z"
     assert agg.changed() == []  # nothing new
     accept.execute([reading("c", 3)], None)  # late data for the same hour
     drainer(queue, storage, clock).drain()

@@ -12,7 +12,6 @@ import statistics
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,16 +25,11 @@ from telemetry.domain.readings import Reading, ReadingRules
 from telemetry.domain.simulation import Fleet, FleetConfig, Gearbox, Phase, SimVehicle
 from telemetry.entrypoints.cli import main
 from telemetry.entrypoints.simulate import simulate
-from tests.shared_data import shared_data
+from tests.shared_data import VSS_CSV
 
 START = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
 EPS = 1e-9
 COOLANT_MAX = 95.0  # thermostat temperature plus the most a full load adds
-
-
-def _vss_csv() -> Path | None:
-    base = shared_data("vss/vss.csv.gz")
-    return None if base is None else base / "vss" / "vss.csv.gz"
 
 
 def _vehicle(seed: int, *, electric: bool) -> SimVehicle:
@@ -65,10 +59,7 @@ def _haversine(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def test_signal_names_are_vss_sensors_with_matching_types() -> None:
-    path = _vss_csv()
-    if path is None:
-        pytest.skip("shared VSS catalogue not found: set TELEMETRY_SHARED_DATA")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
+    with gzip.open(VSS_CSV, "rt", encoding="utf-8") as f:
         vss = {row["Signal"]: row for row in csv.DictReader(f)}
     kinds = {"float": float, "double": float, "boolean": bool}
     for name, py_type in sim.SIGNAL_TYPES.items():

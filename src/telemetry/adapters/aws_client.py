@@ -3,15 +3,19 @@
 Each adapter builds its client once, at construction: clients are thread-safe and are shared by
 the threads that call the adapter, sessions are not, so a session never outlives this function.
 AWS settings come from boto3's own variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials,
-`AWS_RETRY_MODE`, `AWS_MAX_ATTEMPTS`); only what boto3 leaves unbounded is fixed here.
+`AWS_RETRY_MODE`, `AWS_MAX_ATTEMPTS`); only what boto3 leaves unbounded is fixed here. The region
+is taken from `AWS_REGION`, then `AWS_DEFAULT_REGION`, then the config file, whichever of them
+the installed botocore reads itself (1.44 ignores `AWS_REGION`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import botocore.loaders
 import botocore.session
 from botocore.config import Config
@@ -23,6 +27,27 @@ CONNECT_TIMEOUT_S = 3.0
 # The ingest service calls the adapter from 64 sender threads (http.SEND_THREADS): one
 # connection each, so none waits for another's.
 MAX_POOL_CONNECTIONS = 64
+
+
+class AwsSetupError(Exception):
+    """No region or no credentials: the message names what is missing and how to set it."""
+
+
+NO_REGION = ("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or `region` in the AWS "
+             "config file)")
+NO_CREDENTIALS = ("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+                  "AWS_PROFILE with a credentials file, or run with an IAM role)")
+
+
+def resolve_region(core: botocore.session.Session | None = None) -> str | None:
+    """AWS_REGION, then AWS_DEFAULT_REGION, then the config file (through botocore)."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    session = core or botocore.session.get_session()
+    region = session.get_config_variable("region")
+    return str(region) if region else None
 
 
 _loaders: dict[str | None, Any] = {}
@@ -49,6 +74,17 @@ def make_client(
 ) -> Any:
     core = botocore.session.get_session()
     core.register_component("data_loader", _shared_loader(core))
+    region_name = region_name or resolve_region(core)
+    if not region_name:
+        raise AwsSetupError(NO_REGION)
+    # Without this check botocore says so at the first call, as a traceback from deep inside
+    # a thread, or as a queue "unavailable" retried for ever.
+    try:
+        credentials = core.get_credentials()
+    except botocore.exceptions.BotoCoreError as exc:  # partial, or a profile that is not there
+        raise AwsSetupError(f"AWS credentials: {exc}") from None
+    if credentials is None:
+        raise AwsSetupError(NO_CREDENTIALS)
     # retry_mode resolves AWS_RETRY_MODE, then the config file, then botocore's default
     # ("standard"); passing it explicitly keeps the choice visible without overriding the user.
     mode = core.get_config_variable("retry_mode") or "standard"

@@ -166,8 +166,10 @@ class MemoryQueue:
             now = self._time()
             visible = sum(1 for e in self.messages.values() if e.visible_at <= now)
             oldest = min((e.sent_at for e in self.messages.values()), default=now)
+            waiting = [e.visible_at for e in self.messages.values() if e.visible_at > now]
+            by = datetime.fromtimestamp(max(waiting), UTC) if waiting else None
             return QueueDepth(visible, len(self.messages) - visible, len(self.dead),
-                              max(0.0, now - oldest))
+                              max(0.0, now - oldest), by)
 
 
 class MemoryStorage:

@@ -123,6 +123,19 @@ class S3Storage:
             self._client.head_bucket(Bucket=self.bucket)
 
 
+def bucket_missing(bucket: str, *, client: Any = None) -> bool:
+    """True only when S3 answers that the bucket does not exist. One quick attempt: an outage
+    or a refusal is not decided here (the stages retry the lake), nor waited for."""
+    s3: S3Client = client or make_client("s3", read_timeout=2, max_attempts=1)
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        return _error(exc) in {"404", "NoSuchBucket", "NotFound"}
+    except BotoCoreError:
+        return False
+    return False
+
+
 # ------------------------------------------------------------------ provisioning
 
 

@@ -53,6 +53,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
 from telemetry.adapters.private_files import make_private_dirs, open_private
@@ -344,8 +345,11 @@ class SqliteQueue:
         with self._transaction(None, "depth") as db:
             now = self._time()
             visible, in_flight, dead, oldest = db.execute(_DEPTH, (now, now)).fetchone()
+            last = db.execute("SELECT max(visible_at) FROM messages WHERE visible_at > ?",
+                              (now,)).fetchone()[0]
         age = None if oldest is None else max(0.0, now - oldest)
-        return QueueDepth(visible, in_flight, dead, 0.0 if age is None else age)
+        by = datetime.fromtimestamp(last, UTC) if in_flight and last is not None else None
+        return QueueDepth(visible, in_flight, dead, 0.0 if age is None else age, by)
 
     def close(self) -> None:
         """Close this process's connection; the queue raises QueueUnavailable afterwards."""

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -326,8 +327,13 @@ class SqsQueue:
                     ).get("Attributes", {}).get("ApproximateNumberOfMessages", 0))
         except QueueUnavailable:
             dead = None
-        return QueueDepth(int(attrs.get("ApproximateNumberOfMessages", 0)),
-                          int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)), dead, None)
+        in_flight = int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
+        # SQS does not say when a message in flight is visible again: at the latest one
+        # visibility timeout from now, unless its receiver extends it.
+        by = (datetime.now(UTC) + timedelta(seconds=self._visibility_timeout)
+              if in_flight else None)
+        return QueueDepth(int(attrs.get("ApproximateNumberOfMessages", 0)), in_flight, dead,
+                          None, by, exact=False)
 
     # -------------------------------------------------------------- helpers
 

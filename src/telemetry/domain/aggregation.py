@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import compress, count, filterfalse
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
-from telemetry.domain.readings import Record, encode_record
+from telemetry.domain.readings import Record, encode_record, schema_doc
 
 Num = int | float
 
@@ -192,12 +192,18 @@ class VehicleHour:
 class AggregateLine(msgspec.Struct, frozen=True):
     """One line of `aggregates/hourly/.../vehicles.jsonl`."""
 
-    hour: datetime
+    hour_start: Annotated[datetime, schema_doc("start of the UTC hour, RFC 3339 with a Z",
+                                         format="date-time")]
     vehicle_id: str
-    readings: int
-    first_ts: datetime
-    last_ts: datetime
-    signals: dict[str, dict[str, Num]]
+    readings: Annotated[int, schema_doc("distinct readings of the vehicle in the hour", minimum=1)]
+    first_ts: Annotated[datetime, schema_doc("earliest ts of those readings", format="date-time")]
+    last_ts: Annotated[datetime, schema_doc("latest ts of those readings", format="date-time")]
+    signals: Annotated[dict[str, Annotated[dict[str, Num], schema_doc(
+        "readings carrying the signal, min, max, mean",
+        required=["count", "min", "max", "mean"],
+        properties={"count": {"type": "integer", "minimum": 1}, "min": {"type": "number"},
+                    "max": {"type": "number"}, "mean": {"type": "number"}})]], schema_doc(
+        "per numeric (int or float) signal")]
 
 
 _line_encoder = msgspec.json.Encoder()
@@ -226,7 +232,7 @@ class HourAggregate:
         hour = self.hour.astimezone(UTC)
         return [
             AggregateLine(
-                hour=hour,
+                hour_start=hour,
                 vehicle_id=vid,
                 readings=vh.readings,
                 first_ts=vh.first_ts.astimezone(UTC),

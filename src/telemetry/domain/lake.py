@@ -71,3 +71,25 @@ def parse_hour(text: str) -> datetime:
 
 def format_hour(hour: datetime) -> str:
     return f"{hour.astimezone(UTC):%Y-%m-%dT%H}"
+
+
+def json_schemas() -> dict[str, dict[str, object]]:
+    """JSON Schemas of the lake's line types, generated from the msgspec types that write them
+    (published as `docs/schemas/<name>.schema.json`)."""
+    import msgspec
+
+    from telemetry.domain.aggregation import AggregateLine
+    from telemetry.domain.readings import Record
+
+    out: dict[str, dict[str, object]] = {}
+    for name, title, tp in (
+        ("raw-record", "One line of a raw lake file (raw/year=/month=/day=/hour=/*.jsonl)",
+         Record),
+        ("aggregate-line",
+         "One line of an hourly aggregate (aggregates/hourly/year=/month=/day=/hour=/"
+         "vehicles.jsonl)", AggregateLine),
+    ):
+        schema = msgspec.json.schema(tp)
+        out[name] = {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                     "title": title, **schema}
+    return out

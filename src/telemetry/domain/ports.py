@@ -93,6 +93,10 @@ class QueueDepth:
     in_flight: int
     dead_letters: int | None
     oldest_age_s: float | None  # SQS publishes it to CloudWatch only, so None there
+    # When every message in flight now is visible again at the latest (its receiver may delete
+    # it first, or extend its timeout); None when none is in flight.
+    visible_again_by: datetime | None = None
+    exact: bool = True  # False where the backend only approximates (SQS)
 
 
 @runtime_checkable

@@ -155,14 +155,30 @@ def check_patterns(readings: Sequence[WireReading], path: str) -> None:
             raise _pattern_error(READING_ID_PATTERN, f"`{path}[{i}].reading_id`")
 
 
+def schema_doc(description: str, **schema: Any) -> msgspec.Meta:
+    """Documentation for the published JSON Schemas only: nothing is checked on decode (the
+    lake holds only what ingest validated, and aggregation decodes every line)."""
+    return msgspec.Meta(description=description, extra_json_schema=schema)
+
+
 class Record(msgspec.Struct, frozen=True):
     """One line of a raw lake file. Field order is the documented line order."""
 
-    reading_id: str
-    vehicle_id: str
-    ts: datetime
-    received_at: datetime
-    signals: dict[str, bool | int | float | str]
+    reading_id: Annotated[str, schema_doc(
+        "the sender's id, or a content hash of vehicle_id, ts and signals",
+        pattern=READING_ID_PATTERN.replace("(?!\\n)", ""), minLength=1, maxLength=128)]
+    vehicle_id: Annotated[str, schema_doc(
+        "the vehicle", pattern=VEHICLE_ID_PATTERN.replace("(?!\\n)", ""),
+        minLength=1, maxLength=64)]
+    ts: Annotated[datetime, schema_doc(
+        "event time on the vehicle, RFC 3339 in UTC with a Z", format="date-time")]
+    received_at: Annotated[datetime, schema_doc(
+        "when ingest accepted the reading, RFC 3339 in UTC with a Z", format="date-time")]
+    signals: Annotated[dict[str, bool | int | float | str], schema_doc(
+        "signal name (VSS style) -> finite number, bool, or string of at most 256 characters",
+        propertyNames={"pattern": SIGNAL_NAME_PATTERN.replace("(?!\\n)", ""),
+                       "maxLength": 128},
+        minProperties=1)]
 
 
 _record_encoder = msgspec.json.Encoder()

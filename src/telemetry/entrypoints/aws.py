@@ -1,7 +1,8 @@
 """`telemetry aws init`: the SQS queues and the S3 bucket, and the variables that point at them.
 
-Also a local moto server for `telemetry demo --backend aws` and the tests. moto is a dev
-dependency: it is imported only here, only when asked for, with a clear message if missing.
+Also a local moto server for `telemetry demo --backend aws` and the tests. moto comes with the
+`aws-demo` extra (and `dev`): it is imported only here, only when asked for, with the pip
+command to run if it is missing.
 """
 
 from __future__ import annotations
@@ -105,9 +106,11 @@ class MotoServer:
         self, log_path: Path | None = None, *, launch: str = LAUNCH, cwd: Path | None = None
     ) -> None:
         if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+            from telemetry.entrypoints.settings import install_hint
+
             raise RuntimeError(
-                "the local AWS backend needs moto's server, a dev dependency: "
-                "pip install 'moto[server]' (or: pip install -e '.[dev]')"
+                f"the local AWS backend needs moto's server, the aws-demo extra: "
+                f"{install_hint('aws-demo')}"
             )
         self.log_path = log_path
         self.launch = launch  # Python code run with `-c`; it gets moto.server's arguments
@@ -233,18 +236,12 @@ def provision(
     return out
 
 
-def _region(given: str | None) -> str | None:
-    if given:
-        return given
-    import boto3
-
-    return boto3.session.Session().region_name
-
-
 def cmd_init(args: argparse.Namespace) -> int:
-    region = _region(args.region)
+    from telemetry.adapters.aws_client import NO_REGION, AwsSetupError, resolve_region
+
+    region = args.region or resolve_region()
     if not region:
-        print("telemetry aws init: no region: pass --region or set AWS_REGION", file=sys.stderr)
+        print(f"telemetry aws init: {NO_REGION}, or pass --region", file=sys.stderr)
         return 2
     try:
         settings = provision(
@@ -257,7 +254,7 @@ def cmd_init(args: argparse.Namespace) -> int:
             retention_seconds=round(args.retention_days * 86_400),
             message_size=args.message_size,
         )
-    except ValueError as exc:
+    except (ValueError, AwsSetupError) as exc:
         print(f"telemetry aws init: {exc}", file=sys.stderr)
         return 2
     except (QueueUnavailable, StorageUnavailable) as exc:
@@ -290,7 +287,8 @@ def add_parser(sub: Any) -> None:
     ip.add_argument("--queue", required=True, help="queue name (standard queue)")
     ip.add_argument("--bucket", required=True, help="bucket name")
     ip.add_argument("--prefix", default="", help="key prefix of the lake in the bucket")
-    ip.add_argument("--region", help="AWS region (default: AWS_REGION / the AWS config)")
+    ip.add_argument("--region", help="AWS region (default: AWS_REGION, AWS_DEFAULT_REGION, "
+                    "the AWS config file)")
     ip.add_argument("--visibility-timeout", type=int, default=120, metavar="SECONDS",
                     help="seconds a received message stays invisible (default 120)")
     ip.add_argument("--max-receives", type=int, default=5, metavar="N",

@@ -16,13 +16,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from telemetry import __version__
 from telemetry.adapters.private_files import make_private_dirs, open_to_others
+from telemetry.domain.errors import QueueUnavailable
 from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.lake import format_hour, parse_hour
+from telemetry.domain.ports import QueueDepth, QueueDepthProbe
 from telemetry.entrypoints import logs, simulate
-from telemetry.entrypoints.container import create_container
+from telemetry.entrypoints.container import check_backends, create_container
 from telemetry.entrypoints.logs import event
-from telemetry.entrypoints.settings import ConfigError, Settings, load_settings
+from telemetry.entrypoints.settings import ConfigError, Settings, install_hint, load_settings
 
 log = logging.getLogger("telemetry")
 
@@ -52,6 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"serve: cannot read {path}")
     make_private_dirs(s.data_dir)
+    check_backends(create_container(s), s)  # before uvicorn, which would print a traceback
     # Several processes share the port: each keeps its metrics in this directory, and whichever
     # answers /metrics sums them all (docs/adr/0008-prometheus-metrics.md).
     metrics_dir = None
@@ -69,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ssl_certfile=args.tls_certfile,
             ssl_keyfile=args.tls_keyfile,
             log_level=s.log_level.lower(),
+            log_config=logs.uvicorn_log_config(s.log_format, s.log_level),
             access_log=False,
             timeout_graceful_shutdown=10,
         )
@@ -87,6 +92,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     s = _settings()
     container = create_container(s)
+    check_backends(container, s)
     stop = threading.Event()
     deadline = s.shutdown_deadline
     drain = container.drain_batches()
@@ -114,11 +120,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.wait and not args.once:
+        print("telemetry worker: --wait goes with --once", file=sys.stderr)
+        watch.close()
+        return 2
     event(log, "worker_started", queue=s.queue, storage=s.storage, once=args.once,
           metrics=watch.server.url + "/metrics" if watch.server else None,
           state_key=watch.publisher.key)
     try:
         stats = worker.run(once=args.once)
+        if args.once:
+            queue = container.queue()
+            depth = _report_once(queue, stats)
+            while args.wait and worker.clean and depth is not None and depth.in_flight \
+                    and not stop.is_set():
+                # What another (or a killed) worker holds comes back when its timeout passes.
+                until = depth.visible_again_by or datetime.now(UTC)
+                wait_s = min(max((until - datetime.now(UTC)).total_seconds(), 0.0) + 0.5, 60.0)
+                print(f"waiting {wait_s:.0f} s for {depth.in_flight} message(s) in flight",
+                      flush=True)
+                if stop.wait(wait_s):
+                    break
+                stats = worker.run(once=True)
+                depth = _report_once(queue, stats)
     finally:
         watch.close()
     event(
@@ -135,6 +159,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0 if worker.clean else 1
 
 
+def _report_once(queue: Any, stats: Any) -> QueueDepth | None:
+    """What `worker --once` drained, and what it left in the queue."""
+    print(f"drained: {stats.files:,} file(s), {stats.readings:,} reading(s), "
+          f"{stats.bytes:,} bytes", flush=True)
+    if not isinstance(queue, QueueDepthProbe):
+        return None
+    try:
+        d: QueueDepth = queue.depth()
+    except QueueUnavailable as exc:
+        print(f"left: unknown, the queue did not answer: {exc}", flush=True)
+        return None
+    about = "" if d.exact else "about "
+    parts = [f"{about}{d.visible:,} visible", f"{about}{d.in_flight:,} in flight"]
+    if d.in_flight and d.visible_again_by is not None:
+        parts[-1] += (f" (visible again by {d.visible_again_by:%Y-%m-%dT%H:%M:%SZ} at the latest;"
+                      " --once --wait drains them too)")
+    if d.dead_letters is None:
+        parts.append("dead-lettered unknown (the dead-letter queue could not be read)")
+    else:
+        parts.append(f"{about}{d.dead_letters:,} dead-lettered"
+                     + (" (telemetry dlq list)" if d.dead_letters else ""))
+    print("left: " + ", ".join(parts), flush=True)
+    event(log, "worker_once_left", visible=d.visible, in_flight=d.in_flight,
+          dead_letters=d.dead_letters, exact=d.exact,
+          visible_again_by=d.visible_again_by.isoformat() if d.visible_again_by else None)
+    return d
+
+
 # ------------------------------------------------------------------ aggregate
 
 
@@ -144,7 +196,9 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
 
     jobs = aggregate_jobs.default_jobs() if args.jobs is None else args.jobs
     s = _settings()
-    service = create_container(s).aggregate_hours()
+    container = create_container(s)
+    check_backends(container, s)
+    service = container.aggregate_hours()
 
     def make_service() -> AggregateHours:  # in each process: its own storage client
         return create_container(s).aggregate_hours()
@@ -276,18 +330,48 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 
 
+def _missing_extra(command: str, extra: str, error: str) -> Any:
+    def run(_args: argparse.Namespace) -> int:
+        print(f"telemetry {command}: needs the {extra} extra ({error}): {install_hint(extra)}",
+              file=sys.stderr)
+        return 2
+
+    return run
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except where there is none to show, the help already says it, or
+    the value could be a secret (a key taken from the environment)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        d = action.default
+        nothing = d is None or d is False or d in ("", argparse.SUPPRESS)
+        if nothing or "default" in text or "key" in action.dest or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="telemetry",
         description="Fleet telemetry pipeline. Configuration: TELEMETRY_* environment "
-        "variables (see README).",
+        "variables (see README and docs/cli.md).",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("serve", help="run the ingest HTTP service",
                         description="Run the ingest HTTP service.")
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (0.0.0.0: every interface)")
+    sp.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     sp.add_argument("--workers", type=int, default=1, help="server processes")
     sp.add_argument("--tls-certfile", metavar="PEM",
                     help="serve HTTPS with this certificate (chain), with --tls-keyfile")
@@ -297,7 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     wp = sub.add_parser("worker", help="drain the queue into the lake",
                         description="Drain the queue into the lake until SIGTERM/SIGINT "
                         "(flush, delete, exit 0).")
-    wp.add_argument("--once", action="store_true", help="drain what is there, then exit")
+    wp.add_argument("--once", action="store_true",
+                    help="drain what is visible, say what is left (in flight, dead-lettered), "
+                    "then exit")
+    wp.add_argument("--wait", action="store_true",
+                    help="with --once: also wait for the messages in flight (received by "
+                    "another or a killed worker) to become visible again, and drain them")
     wp.set_defaults(func=cmd_worker)
 
     ap = sub.add_parser("aggregate", help="aggregate changed hours",
@@ -314,8 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(sub)
     try:
         from telemetry.entrypoints import replay
-    except ImportError:  # pragma: no cover - CAN extras not installed
-        pass
+    except ImportError as exc:  # the can extra is not installed: say so when asked for
+        rp = sub.add_parser("replay", help="decode a real CAN log with a DBC file and post its "
+                            "readings (needs the can extra)", add_help=False,
+                            description="Needs the can extra: " + install_hint("can"))
+        rp.set_defaults(func=_missing_extra("replay", "can", str(exc)), takes_any_arguments=True)
     else:
         replay.add_parser(sub)
 
@@ -362,11 +454,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # A command whose extra is missing takes any arguments, to answer with what to install.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "takes_any_arguments", False):
+        parser.error("unrecognized arguments: " + " ".join(unknown))
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"telemetry: configuration error: {exc}", file=sys.stderr)
+        if os.environ.get("TELEMETRY_LOG_FORMAT", "").strip().lower() == "json":
+            # Log collectors expect JSON from every line, this one included.
+            print(json.dumps({"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                              "level": "error", "logger": "telemetry",
+                              "event": "configuration_error", "error": str(exc)}),
+                  file=sys.stderr)
+        else:
+            print(f"telemetry: configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

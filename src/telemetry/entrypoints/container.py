@@ -23,17 +23,24 @@ from telemetry.domain.services import AcceptReadings, AggregateHours, DrainBatch
 from telemetry.entrypoints import crashpoints
 from telemetry.entrypoints.settings import ConfigError, Settings
 
+_CREATE_HINT = "create it with `telemetry aws init` (docs/deploy-aws.md)"
+
 
 def _sqs_queue(**kwargs: Any) -> Any:
+    from telemetry.adapters.aws_client import AwsSetupError
     from telemetry.adapters.sqs import SqsQueue  # boto3 is imported only when SQS is chosen
     from telemetry.domain.errors import QueueUnavailable
 
+    url = kwargs.get("queue_url")
     try:
         return SqsQueue(**kwargs)
+    except AwsSetupError as exc:
+        raise ConfigError(str(exc)) from None
     except QueueUnavailable as exc:
         # The adapter reads the queue's attributes at start: a wrong URL, region or permission
         # stops the process here, with the setting named.
-        raise ConfigError(f"TELEMETRY_SQS_QUEUE_URL={kwargs.get('queue_url')!r}: {exc}") from exc
+        hint = f"; {_CREATE_HINT}" if "NonExistentQueue" in str(exc) else ""
+        raise ConfigError(f"TELEMETRY_SQS_QUEUE_URL={url!r}: {exc}{hint}") from None
 
 
 def _curate_hours(storage: Any, clock: Any, *, curated_format: str, grace: float,
@@ -55,9 +62,13 @@ def _curate_hours(storage: Any, clock: Any, *, curated_format: str, grace: float
 
 
 def _s3_storage(**kwargs: Any) -> Any:
+    from telemetry.adapters.aws_client import AwsSetupError
     from telemetry.adapters.s3 import S3Storage
 
-    return S3Storage(**kwargs)
+    try:
+        return S3Storage(**kwargs)
+    except AwsSetupError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class Container(containers.DeclarativeContainer):
@@ -125,6 +136,20 @@ class Container(containers.DeclarativeContainer):
         grace=config.curate_grace, part_bytes=config.curated_part_bytes,
         raw_retention=config.raw_retention,
     )
+
+
+def check_backends(container: Container, settings: Settings) -> None:
+    """Build the cloud adapters now, so that a missing region, credentials, queue or bucket
+    stops the command at start (ConfigError) rather than in a server process or a thread."""
+    if settings.queue == "sqs":
+        container.queue()
+    if settings.storage == "s3":
+        from telemetry.adapters.s3 import bucket_missing
+
+        container.storage()
+        if bucket_missing(settings.s3_bucket):
+            raise ConfigError(f"TELEMETRY_S3_BUCKET={settings.s3_bucket!r}: no such bucket; "
+                              f"{_CREATE_HINT}")
 
 
 def create_container(settings: Settings, *, key_store: str = "file") -> Container:

@@ -33,7 +33,7 @@ from telemetry.domain.readings import Record
 from telemetry.entrypoints import logs, report
 from telemetry.entrypoints.aggregate_jobs import with_progress
 from telemetry.entrypoints.container import Container, create_container
-from telemetry.entrypoints.settings import load_settings
+from telemetry.entrypoints.settings import install_hint, load_settings
 from telemetry.entrypoints.simulate import simulate
 from telemetry.entrypoints.worker import Worker
 from telemetry.entrypoints.worker_observers import DrainProgress, observers
@@ -112,7 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
         try:
             from telemetry.adapters.canlog import CanLogError, FrameDecoder, check_log
         except ImportError:
-            print("telemetry demo: --replay needs the can extra: pip install -e '.[can]'",
+            print(f"telemetry demo: --replay needs the can extra: {install_hint('can')}",
                   file=sys.stderr)
             return 2
         files = _replay_files(args)
@@ -288,13 +288,13 @@ def _report(container: Container, sim: Any, stats: Any, results: Any, prefix: st
         print(f"latency {name:<19} p50 {d['p50_ms']:>8.0f} ms  p95 {d['p95_ms']:>8.0f} ms  "
               f"p99 {d['p99_ms']:>8.0f} ms  max {d['max_ms']:>8.0f} ms")
     if rows:
-        hour = rows[0].hour
+        hour = rows[0].hour_start
         print(f"\nper-vehicle counts for hour {hour:%Y-%m-%dT%H}Z (first 10 vehicles):")
         # An electric vehicle's state of charge is its headline, where it has one (the Kona).
         soc = any(SOC in r.signals for r in rows)
         print(f"  {'vehicle':<18} {'readings':>8}  {'mean km/h':>9}  "
               + (f"{'mean SoC %':>10}  " if soc else "") + "first_ts .. last_ts")
-        for line in [r for r in rows if r.hour == hour][:10]:
+        for line in [r for r in rows if r.hour_start == hour][:10]:
             sp = line.signals.get("Vehicle.Speed", {}).get("mean", float("nan"))
             charge = line.signals.get(SOC, {}).get("mean", float("nan"))
             print(f"  {line.vehicle_id:<18} {line.readings:>8}  {sp:>9.1f}  "
@@ -317,15 +317,15 @@ def add_parser(sub: Any) -> None:
         "TELEMETRY_DATA_DIR), drive a simulated fleet, drain, aggregate, report, and check "
         "that every accepted reading is stored and counted once (exit 1 if not).",
     )
-    p.add_argument("--vehicles", type=int, default=50)
+    p.add_argument("--vehicles", type=int, default=50, help="simulated vehicles")
     p.add_argument("--rate", type=float, default=10.0, help="readings per vehicle per second")
     p.add_argument("--duration", type=float, default=15.0, help="seconds of simulated driving")
     p.add_argument("--batch", type=int, help="readings per request (default: 100 simulated, "
                    "500 replayed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the simulated fleet")
     p.add_argument("--backend", choices=["embedded", "aws"], default="embedded",
                    help="embedded: SQLite + filesystem; aws: SQS + S3 on a moto server the "
-                   "demo starts on 127.0.0.1 (needs the dev extra, moto[server])")
+                   "demo starts on 127.0.0.1 (needs the aws-demo extra, moto[server])")
     r = p.add_argument_group(
         "replaying a real CAN log instead of simulating (needs the can extra)",
         "The log is decoded, shifted so that it ends now, and posted as fast as the service "

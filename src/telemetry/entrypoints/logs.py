@@ -33,7 +33,7 @@ class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         tail = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
-        t = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S")
+        t = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         line = f"{t} {record.levelname.lower():<7} {record.name}: {record.getMessage()}"
         line = f"{line} {tail}" if tail else line
         if record.exc_info:
@@ -47,14 +47,42 @@ def _text(v: Any) -> str:
     return str(v)
 
 
+def formatter(fmt: str = "text") -> logging.Formatter:
+    """The project's formatter (also a `logging.config` factory: `{"()": ..., "fmt": ...}`)."""
+    return _JsonFormatter() if fmt == "json" else _TextFormatter()
+
+
+def uvicorn_log_config(fmt: str, level: str) -> dict[str, Any]:
+    """uvicorn's loggers on the project's format, in every server process (uvicorn applies
+    this itself, before our app factory runs, in each worker it spawns)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"telemetry": {"()": f"{__name__}.formatter", "fmt": fmt}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "telemetry",
+                                "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},
+            # every request would be a line; the ingest's own metrics replace it
+            "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
 def configure(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.setFormatter(formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # uvicorn's access log would print every request; our own request metrics replace it.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The SDK narrates each client it builds ("Found credentials in environment variables"):
+    # noise at info, kept at debug.
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:

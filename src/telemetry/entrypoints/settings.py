@@ -124,6 +124,12 @@ class Settings:
         return d
 
 
+def install_hint(extra: str) -> str:
+    """The pip command that installs an optional extra."""
+    return (f"pip install 'fleet-telemetry[{extra}]' (in a checkout of the source: "
+            f"pip install -e '.[{extra}]')")
+
+
 def _env_name(field: str) -> str:
     return "TELEMETRY_" + field.upper()
 
@@ -232,6 +238,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     raw: dict[str, str] = {}
+    where: dict[str, str] = {}  # how a message names each setting: as the user wrote it
     cfg_file = env.get("TELEMETRY_CONFIG_FILE")
     if cfg_file:
         try:
@@ -243,23 +250,36 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             if k not in _PARSERS:
                 raise ConfigError(f"TELEMETRY_CONFIG_FILE: unknown setting {k!r} in {cfg_file}")
             raw[k] = str(v).lower() if isinstance(v, bool) else str(v)
+            where[k] = f"{k}={raw[k]!r} in {cfg_file}"
     for f in fields(Settings):
         name = _env_name(f.name)
         if name in env:
             raw[f.name] = env[name]
+            where[f.name] = f"{name}={env[name]!r}"
     values: dict[str, Any] = {}
     for key, text in raw.items():
         try:
             values[key] = _PARSERS[key](text)
         except ValueError as exc:
-            raise ConfigError(f"{_env_name(key)}={text!r}: {exc}") from None
+            raise ConfigError(f"{where[key]}: {exc}") from None
     if "log_level" in values:
         values["log_level"] = values["log_level"].upper()
     s = Settings(**values)
     if s.queue == "sqs" and not s.sqs_queue_url:
-        raise ConfigError("TELEMETRY_SQS_QUEUE_URL: required when TELEMETRY_QUEUE=sqs")
+        raise ConfigError("TELEMETRY_SQS_QUEUE_URL: required when TELEMETRY_QUEUE=sqs "
+                          "(`telemetry aws init` prints it)")
     if s.storage == "s3" and not s.s3_bucket:
-        raise ConfigError("TELEMETRY_S3_BUCKET: required when TELEMETRY_STORAGE=s3")
+        raise ConfigError("TELEMETRY_S3_BUCKET: required when TELEMETRY_STORAGE=s3 "
+                          "(`telemetry aws init` prints it)")
+    # An AWS setting without its backend chosen would otherwise be ignored in silence, and the
+    # process run on the local queue or lake instead.
+    if s.sqs_queue_url and s.queue != "sqs":
+        raise ConfigError(f"TELEMETRY_QUEUE: is {s.queue!r} but TELEMETRY_SQS_QUEUE_URL is set; "
+                          "set TELEMETRY_QUEUE=sqs to use it (or unset the URL)")
+    for name, value in (("TELEMETRY_S3_BUCKET", s.s3_bucket), ("TELEMETRY_S3_PREFIX", s.s3_prefix)):
+        if value and s.storage != "s3":
+            raise ConfigError(f"TELEMETRY_STORAGE: is {s.storage!r} but {name} is set; "
+                              f"set TELEMETRY_STORAGE=s3 to use it (or unset {name})")
     if s.max_decompressed_bytes < s.max_body_bytes:
         raise ConfigError("TELEMETRY_MAX_DECOMPRESSED_BYTES: must not be below the body limit")
     if s.raw_retention and s.curated_format != "jsonl":
