@@ -36,9 +36,9 @@ from bench.common import (
     write_ingested_lake,
     write_lake,
 )
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.lake import aggregate_key
-from telemetry.domain.services import AggregateHours
 from telemetry.entrypoints import aggregate_jobs
 
 Key = tuple[int, str]  # (hour epoch s, vehicle id)

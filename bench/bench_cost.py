@@ -18,12 +18,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from tests.support.ingest import SyncIngest
 
 from bench.common import base_parser, emit, request_bodies
 from telemetry.adapters.clock import SystemClock
 from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.readings import ReadingBatch, ReadingRules
-from telemetry.domain.services import AcceptReadings, DrainBatches
 
 CHUNK = 64 * 1024
 
@@ -104,7 +105,7 @@ def _run(args: Any, mock_aws: Any, boto3: Any, S3Storage: Any, SqsQueue: Any,
                             client=s3_calls.attach(boto3.client("s3", region_name="us-east-1")))
         sqs_calls.ops.clear()
         sqs_calls.billed = 0
-        accept = AcceptReadings(queue, SystemClock(), ReadingRules())
+        accept = SyncIngest(queue, SystemClock(), ReadingRules())
         decoder = msgspec.json.Decoder(ReadingBatch)
         start = datetime.now(UTC) - timedelta(milliseconds=args.readings)
         drain = DrainBatches(queue, storage, SystemClock(), BatchPolicy())
@@ -117,7 +118,7 @@ def _run(args: Any, mock_aws: Any, boto3: Any, S3Storage: Any, SqsQueue: Any,
             if sent % 20 == 0:
                 while (r := drain.poll(0.0)).received:
                     files.extend(r.files)
-        files.extend(drain.drain())
+        files.extend(drain.until_empty())
     stored = sum(f.readings for f in files)
     if stored != args.readings:
         raise SystemExit(f"stored {stored} readings, expected {args.readings}")

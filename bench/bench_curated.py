@@ -21,6 +21,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.support.fakes import FakeClock
+
 from bench.common import (
     LAKE_START,
     base_parser,
@@ -30,9 +32,8 @@ from bench.common import (
     scratch_dir,
     write_lake,
 )
-from telemetry.adapters.memory import FakeClock
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.curation import STATE, CuratedFormat, CurateHours, JsonLinesGzip
-from telemetry.domain.services import AggregateHours
 from telemetry.entrypoints import aggregate_jobs, curate_jobs
 
 SIGNAL = "Vehicle.Speed"

@@ -3,8 +3,8 @@
     python -m bench.bench_worker               # 300,000 readings in 100-reading messages
 
 A queue is pre-filled (not timed) with readings packed exactly as ingest packs them
-(`AcceptReadings.prepare`, one send per 100-reading request), by child processes so that this
-process's memory reflects the drain alone. Then `DrainBatches.drain()` is timed at the default
+(`AcceptReadings.execute`, one send per 100-reading request), by child processes so that this
+process's memory reflects the drain alone. Then `DrainBatches.until_empty()` is timed at the default
 batch policy: receive, batch per hour, write files (fsync), delete. Peak RSS is this process's
 high-water mark over the drain.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from tests.support.ingest import SyncIngest
 
 from bench.common import (
     base_parser,
@@ -35,8 +36,8 @@ from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.memory import MemoryQueue
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.readings import ReadingBatch, ReadingRules
-from telemetry.domain.services import AcceptReadings, DrainBatches
 from telemetry.entrypoints.settings import Settings
 
 _decoder = msgspec.json.Decoder(ReadingBatch)
@@ -51,7 +52,7 @@ def _queue(path: Path) -> SqliteQueue:
 def _fill(path: str, n: int, per_request: int, vehicles: int, start: datetime,
           one_vehicle: bool) -> int:
     queue = _queue(Path(path))
-    accept = AcceptReadings(queue, SystemClock(), ReadingRules())
+    accept = SyncIngest(queue, SystemClock(), ReadingRules())
     for body in request_bodies(n, per_request, vehicles=vehicles, start=start,
                                one_vehicle=one_vehicle):
         accept.execute(_decoder.decode(body).readings, None)
@@ -77,7 +78,7 @@ def _memory_queue(n: int, per_request: int, vehicles: int, one_vehicle: bool) ->
     """The same messages in the in-memory queue: what the domain and the lake writes cost
     without the SQLite adapter."""
     queue = MemoryQueue(visibility_timeout=Settings().visibility_timeout)
-    accept = AcceptReadings(queue, SystemClock(), ReadingRules())
+    accept = SyncIngest(queue, SystemClock(), ReadingRules())
     start = datetime.now(UTC) - timedelta(milliseconds=n)
     for body in request_bodies(n, per_request, vehicles=vehicles, start=start,
                                one_vehicle=one_vehicle):
@@ -99,7 +100,7 @@ def drain_once(root: Path, n: int, per_request: int, vehicles: int, procs: int, 
                          receive_max=receive_max)
     rss0 = rss_kib()
     t = time.perf_counter()
-    files = drain.drain()
+    files = drain.until_empty()
     elapsed = time.perf_counter() - t
     if kind == "sqlite":
         queue.close()

@@ -137,10 +137,13 @@ def write_ingested_lake(
     drains it into `files` files over `hours` hours (with the partials it keeps). A share of
     the requests is sent twice, as a client does when a 202 was lost. Returns the number of
     lines written."""
-    from telemetry.adapters.memory import FakeClock, MemoryQueue
+    from tests.support.fakes import FakeClock
+    from tests.support.ingest import SyncIngest
+
+    from telemetry.adapters.memory import MemoryQueue
     from telemetry.domain.batching import BatchPolicy
+    from telemetry.domain.drain import DrainBatches
     from telemetry.domain.readings import Reading, ReadingRules
-    from telemetry.domain.services import AcceptReadings, DrainBatches
 
     rng = random.Random(seed)
     clock = FakeClock(LAKE_START + timedelta(hours=hours, minutes=1))
@@ -149,7 +152,7 @@ def write_ingested_lake(
     per_file = readings // files * 21 // 20  # room for the re-sent requests: `files` files
     drain = DrainBatches(queue, storage, clock, BatchPolicy(
         max_readings=per_file, max_bytes=1 << 40, max_age_seconds=1e9, max_open_hours=hours))
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    accept = SyncIngest(queue, clock, ReadingRules())
     per_vehicle_hour = readings // hours // vehicles
     lines = 0
     for h in range(hours):

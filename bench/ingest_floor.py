@@ -6,9 +6,10 @@ Two measurements, each in one process and one thread (the GIL makes that the bou
 server process):
 
 1. **Domain and queue**: CPU per request of what the POST handler does between the socket
-   and the answer, without any server: the typed decode with the pattern checks, `prepare`
-   (rules, reading ids, lake lines, envelopes), and the SQLite queue's send (one commit and
-   fsync per request here; the server groups concurrent ones). Also each part alone.
+   and the answer, without any server: the typed decode with the pattern checks,
+   `AcceptReadings.execute` (rules, reading ids, lake lines, envelopes), and the SQLite
+   queue's send (one commit and fsync per request here; the server groups concurrent ones).
+   Also each part alone.
 2. **Server stack**: readings/s of a bare ASGI app on the same uvicorn (uvloop, httptools) that
    reads the whole body and answers 202 with a body the size of ours (100 ids), under the
    same load as bench_ingest (`--load python|wrk`). What uvicorn, the event loop and loopback
@@ -32,8 +33,8 @@ from bench.common import base_parser, emit, median, request_bodies, scratch_dir
 from bench.load import HOST, free_port, request_bytes, run_load, stop, wait_http
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
+from telemetry.domain.accept import AcceptReadings
 from telemetry.domain.readings import ReadingRules
-from telemetry.domain.services import AcceptReadings
 from telemetry.entrypoints import bodies as wire
 from telemetry.entrypoints.settings import Settings
 
@@ -75,18 +76,18 @@ def domain_costs(root: Path, bodies: list[bytes]) -> dict[str, float]:
                         max_receives=s.max_receives, max_message_bytes=s.max_message_bytes)
     accept = AcceptReadings(queue, SystemClock(), ReadingRules())
     decoded = [wire.decode(wire.JSON, b) for b in bodies]
-    prepared = [accept.prepare(r, None)[1] for r in decoded]
+    prepared = [accept.execute(r, None).messages for r in decoded]
     it = iter(range(10**9))
     n = len(bodies)
 
     def whole() -> None:
         i = next(it) % n
-        queue.send(accept.prepare(wire.decode(wire.JSON, bodies[i]), None)[1])
+        queue.send(accept.execute(wire.decode(wire.JSON, bodies[i]), None).messages)
 
     out = {
         "decode_us": _cpu_per_call(lambda: wire.decode(wire.JSON, bodies[next(it) % n]),
                                    300) * 1e6,
-        "prepare_us": _cpu_per_call(lambda: accept.prepare(decoded[next(it) % n], None),
+        "prepare_us": _cpu_per_call(lambda: accept.execute(decoded[next(it) % n], None),
                                     300) * 1e6,
         "send_us": _cpu_per_call(lambda: queue.send(prepared[next(it) % n]), 300) * 1e6,
         "whole_us": _cpu_per_call(whole, 300) * 1e6,

@@ -3,12 +3,12 @@
 Each registry maps a name to a factory: a context manager that builds a fresh, empty adapter
 and tears it down. Every test of a suite runs once per entry, so a new adapter joins a suite by
 adding an entry here, nothing else. A cloud adapter's factory typically enters `mock_aws` (or
-points at the shared moto server, see `tests.moto_server`) and creates a uniquely named
+points at the shared moto server, see `tests.support.moto`) and creates a uniquely named
 queue or bucket.
 
 Queues need time to pass (visibility timeouts). The in-memory and SQLite queues take a time
 source, so `advance` moves a FakeClock and costs nothing. SQS's time is moto's, which
-`tests.moto_server` shifts on demand: `advance` costs nothing there either, but moto's clock
+`tests.support.moto` shifts on demand: `advance` costs nothing there either, but moto's clock
 is the real one plus that shift, so it also runs between calls (`clock_runs`). A queue whose
 time can only pass for real would sleep in `advance` (`sleep_advance`): its factory should
 pick a short visibility timeout (say 1 s; the suites express every wait as a multiple of
@@ -30,11 +30,13 @@ from typing import Any
 
 import pytest
 
+from telemetry.adapters.api_key_file import FileApiKeyStore
 from telemetry.adapters.filesystem import FilesystemStorage
-from telemetry.adapters.keystore_file import FileKeyStore
-from telemetry.adapters.memory import FakeClock, MemoryKeyStore, MemoryQueue, MemoryStorage
+from telemetry.adapters.memory import MemoryApiKeyStore, MemoryQueue, MemoryStorage
 from telemetry.adapters.sqlite_queue import SqliteQueue
-from telemetry.domain.ports import KeyStore, Queue, Storage
+from telemetry.domain.ports.storage import Storage
+from tests.support.fakes import FakeClock
+from tests.support.roles import ApiKeyStore, Queue
 
 # ------------------------------------------------------------------ queue
 
@@ -81,7 +83,7 @@ def _memory_queue(spec: QueueSpec) -> Iterator[QueueHarness]:
         visibility_timeout=spec.visibility_timeout,
         max_receives=spec.max_receives,
         max_message_bytes=spec.max_message_bytes,
-        time_source=clock.time,
+        clock=clock,
     )
     yield QueueHarness(q, clock.advance, spec.max_receives, fake_clock=True)
 
@@ -94,7 +96,7 @@ def _sqlite_queue(spec: QueueSpec) -> Iterator[QueueHarness]:
         visibility_timeout=spec.visibility_timeout,
         max_receives=spec.max_receives,
         max_message_bytes=spec.max_message_bytes,
-        time_source=clock.time,
+        clock=clock,
     )
     try:
         yield QueueHarness(q, clock.advance, spec.max_receives, fake_clock=True)
@@ -106,9 +108,9 @@ def _sqlite_queue(spec: QueueSpec) -> Iterator[QueueHarness]:
 def _sqs_queue(aws: str, spec: QueueSpec) -> Iterator[QueueHarness]:
     """An SQS queue (and its dead-letter queue) as `telemetry aws init` makes them, in moto:
     `aws` is "mock_aws" (in process) or "moto_server" (over HTTP via AWS_ENDPOINT_URL)."""
-    from tests.moto_server import aws_target
+    from tests.support.moto import aws_target
 
-    # SQS counts whole seconds. moto's SQS clock is virtual here (tests.moto_server), so
+    # SQS counts whole seconds. moto's SQS clock is virtual here (tests.support.moto), so
     # `advance` costs nothing in process or in the server, and timeouts need not be short.
     timeout = math.ceil(spec.visibility_timeout)
     # SQS's MaximumMessageSize is 1 KiB..1 MiB; the adapter packs to 3/4 of it.
@@ -185,7 +187,7 @@ def _filesystem_storage(tmp_path: Path) -> Iterator[Storage]:
 @contextlib.contextmanager
 def _s3_storage(aws: str, tmp_path: Path) -> Iterator[Storage]:
     """A fresh bucket in moto, with a prefix, so keys are seen to come back without it."""
-    from tests.moto_server import aws_target
+    from tests.support.moto import aws_target
 
     with aws_target(aws) as target:
         yield target.storage("fleet/lake")
@@ -207,17 +209,17 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]
 
 # ------------------------------------------------------------------ key store
 
-KeyStoreFactory = Callable[[Path], AbstractContextManager[KeyStore]]
+KeyStoreFactory = Callable[[Path], AbstractContextManager[ApiKeyStore]]
 
 
 @contextlib.contextmanager
-def _memory_key_store(tmp_path: Path) -> Iterator[KeyStore]:
-    yield MemoryKeyStore()
+def _memory_key_store(tmp_path: Path) -> Iterator[ApiKeyStore]:
+    yield MemoryApiKeyStore()
 
 
 @contextlib.contextmanager
-def _file_key_store(tmp_path: Path) -> Iterator[KeyStore]:
-    yield FileKeyStore(tmp_path / "keys" / "keys.json")
+def _file_key_store(tmp_path: Path) -> Iterator[ApiKeyStore]:
+    yield FileApiKeyStore(tmp_path / "keys" / "keys.json")
 
 
 KEYSTORE_ADAPTERS: dict[str, KeyStoreFactory] = {
@@ -227,6 +229,6 @@ KEYSTORE_ADAPTERS: dict[str, KeyStoreFactory] = {
 
 
 @pytest.fixture(params=sorted(KEYSTORE_ADAPTERS))
-def key_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyStore]:
+def key_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApiKeyStore]:
     with KEYSTORE_ADAPTERS[request.param](tmp_path) as k:
         yield k

@@ -14,8 +14,10 @@ from collections.abc import Callable
 
 import pytest
 
-from telemetry.domain.ports import Message, Queue, QueueDepthProbe
+from telemetry.domain.ports.consuming import Message
+from telemetry.domain.ports.depth import QueueDepthProbe
 from tests.contract.conftest import STALE_RECEIPT_DELETES, QueueHarness
+from tests.support.roles import QUEUE_ROLES, Queue
 
 
 def texts(n: int, tag: str = "m") -> list[bytes]:
@@ -48,6 +50,8 @@ def bodies_of(messages: list[Message]) -> list[bytes]:
 
 def test_the_adapter_implements_the_port(queue: QueueHarness) -> None:
     assert isinstance(queue.queue, Queue)
+    for role in QUEUE_ROLES:
+        assert isinstance(queue.queue, role), role.__name__
     assert queue.queue.max_message_bytes > 0
     assert queue.queue.visibility_timeout > 0
     queue.queue.check()

@@ -50,7 +50,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from telemetry.domain.ports import Message
+from telemetry.domain.ports.consuming import Message
 from tests.contract.conftest import (
     QUEUE_ADAPTERS,
     STALE_RECEIPT_DELETES,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from telemetry.domain.errors import NotFound
-from telemetry.domain.ports import Storage
+from telemetry.domain.ports.storage import Storage
 
 HOUR = "raw/year=2026/month=11/day=29/hour=01"
 LAKE = [

@@ -17,7 +17,7 @@ import pytest
 from telemetry.adapters.filesystem import FilesystemStorage
 from telemetry.domain import lake
 from telemetry.domain.curation import JsonLinesGzip, curated_prefix, read_manifest
-from telemetry.domain.ports import Storage
+from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record, encode_records
 
 pytestmark = pytest.mark.e2e

@@ -26,10 +26,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from telemetry.adapters.api_key_file import FileApiKeyStore
 from telemetry.adapters.filesystem import _WRITE_CHUNK, FilesystemStorage
-from telemetry.adapters.keystore_file import FileKeyStore
 from telemetry.adapters.sqlite_queue import SqliteQueue
-from telemetry.domain.keys import format_key, new_stored_key
+from telemetry.domain.api_keys import format_key, new_stored_key
 from telemetry.entrypoints import crashpoints
 from telemetry.entrypoints.container import create_container
 from telemetry.entrypoints.settings import ConfigError, Settings
@@ -71,7 +71,7 @@ def make_key(p: Pipeline) -> str:
     """What `telemetry keys create` does, in this process: one process start less per test."""
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     stored = new_stored_key(key_id, secret, "crash", ["*"], datetime.now(UTC))
-    FileKeyStore(p.data_dir / "data" / "keys.json").add(stored)
+    FileApiKeyStore(p.data_dir / "data" / "keys.json").add(stored)
     return format_key(key_id, secret)
 
 

@@ -15,12 +15,12 @@ import pytest
 
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
-from telemetry.domain.ports import Queue
 from telemetry.domain.readings import Reading, ReadingRules
-from telemetry.domain.services import AcceptReadings
-from tests import moto_server
 from tests.e2e.conftest import Pipeline
 from tests.e2e.test_faults_storage import events, stored_ids
+from tests.support import moto as moto_server
+from tests.support.ingest import SyncIngest
+from tests.support.roles import Queue
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +49,7 @@ def queue(request: pytest.FixtureRequest, pipeline: Pipeline) -> Iterator[Queue]
 
 def send_reading(queue: Queue, vehicle: str) -> str:
     r = Reading(vehicle, datetime.now(UTC), {"Vehicle.Speed": 3.0})
-    return AcceptReadings(queue, SystemClock(), ReadingRules()).execute([r], None).reading_ids[0]
+    return SyncIngest(queue, SystemClock(), ReadingRules()).execute([r], None).reading_ids[0]
 
 
 def dlq_list(p: Pipeline) -> list[dict[str, object]]:

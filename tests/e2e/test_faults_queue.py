@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from telemetry.adapters.sqs import QueueSpec, ensure_queue
-from tests import moto_server
 from tests.e2e.conftest import Pipeline
 from tests.e2e.faulty_endpoint import FaultyEndpoint
 from tests.e2e.test_faults_storage import events, post, stored_ids, wait_for
 from tests.e2e.test_shutdown import enqueue
+from tests.support import moto as moto_server
 
 pytestmark = pytest.mark.e2e
 

@@ -19,11 +19,11 @@ from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.s3 import ensure_bucket
 from telemetry.adapters.sqs import QueueSpec, SqsQueue, ensure_queue
 from telemetry.domain.readings import Reading, ReadingRules
-from telemetry.domain.services import AcceptReadings
-from tests import moto_server
 from tests.e2e.conftest import Pipeline
 from tests.e2e.faulty_endpoint import FaultyEndpoint
 from tests.e2e.test_faults_storage import events, wait_for
+from tests.support import moto as moto_server
+from tests.support.ingest import SyncIngest
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,7 @@ def enqueue(queue: SqsQueue, n_hours: int, per_hour: int = 5) -> list[str]:
         readings += [
             Reading(f"car-{i}", start + timedelta(seconds=i), {"x": i}) for i in range(per_hour)
         ]
-    accepted = AcceptReadings(queue, SystemClock(), ReadingRules()).execute(readings, None)
+    accepted = SyncIngest(queue, SystemClock(), ReadingRules()).execute(readings, None)
     assert accepted.messages == n_hours
     return accepted.reading_ids
 

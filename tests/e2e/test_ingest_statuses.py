@@ -27,8 +27,8 @@ import httpx
 import msgspec
 import pytest
 
-from telemetry.adapters.keystore_file import FileKeyStore
-from telemetry.domain.keys import format_key, new_stored_key
+from telemetry.adapters.api_key_file import FileApiKeyStore
+from telemetry.domain.api_keys import format_key, new_stored_key
 from telemetry.domain.readings import derive_reading_id
 from tests.e2e.conftest import Pipeline
 from tests.integration.http_support import gzip_bomb
@@ -50,7 +50,7 @@ def add_key(keys_file: Path, vehicles: str = "*", name: str = "test") -> str:
     """What `telemetry keys create` does, without a process start per key."""
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     stored = new_stored_key(key_id, secret, name, vehicles.split(","), datetime.now(UTC))
-    FileKeyStore(keys_file).add(stored)
+    FileApiKeyStore(keys_file).add(stored)
     return format_key(key_id, secret)
 
 

@@ -16,8 +16,8 @@ import boto3
 import httpx
 import pytest
 
-from tests import moto_server
 from tests.e2e.conftest import Pipeline
+from tests.support import moto as moto_server
 
 pytestmark = pytest.mark.e2e
 

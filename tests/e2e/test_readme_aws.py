@@ -19,7 +19,7 @@ import boto3
 import httpx
 import pytest
 
-from tests import moto_server
+from tests.support import moto as moto_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -37,7 +37,7 @@ pytest.importorskip("cantools", reason="the CAN extras (python-can, cantools) ar
 
 from telemetry.adapters.canlog import FrameDecoder, load_dbc, read_frames, replay_readings
 from telemetry.adapters.ingest_client import ensure_reading_id
-from telemetry.domain.keys import format_key, new_stored_key
+from telemetry.domain.api_keys import format_key, new_stored_key
 from telemetry.domain.readings import derive_reading_id
 from telemetry.entrypoints.container import create_container
 from telemetry.entrypoints.settings import load_settings

@@ -21,9 +21,9 @@ import pytest
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.readings import Reading, ReadingRules
-from telemetry.domain.services import AcceptReadings
 from telemetry.entrypoints.aws import FAKE_CREDENTIALS
 from tests.e2e.conftest import Pipeline
+from tests.support.ingest import SyncIngest
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def enqueue(data: Path, n_hours: int = 3, per_hour: int = 5) -> list[str]:
     queue = SqliteQueue(data / "queue.sqlite3", visibility_timeout=VT)
     now = datetime.now(UTC)
     top = now.replace(minute=0, second=0, microsecond=0)
-    accept = AcceptReadings(queue, SystemClock(), ReadingRules())
+    accept = SyncIngest(queue, SystemClock(), ReadingRules())
     ids: list[str] = []
     try:
         for h in range(n_hours):

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import moto_server
 from tests.e2e.conftest import Pipeline
+from tests.support import moto as moto_server
 
 pytestmark = pytest.mark.e2e
 

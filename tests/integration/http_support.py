@@ -17,7 +17,7 @@ from dependency_injector import providers
 from litestar.testing import TestClient
 
 from telemetry.adapters.memory import MemoryQueue
-from telemetry.domain.keys import format_key, new_stored_key
+from telemetry.domain.api_keys import format_key, new_stored_key
 from telemetry.entrypoints.container import Container, create_container
 from telemetry.entrypoints.http import create_apps
 from telemetry.entrypoints.settings import Settings

@@ -11,8 +11,8 @@ import pytest
 
 from telemetry.adapters.filesystem import FilesystemStorage
 from telemetry.domain import lake
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.readings import Record, encode_record
-from telemetry.domain.services import AggregateHours
 from telemetry.entrypoints import aggregate_jobs, cli
 from tests.strategies import HOUR
 

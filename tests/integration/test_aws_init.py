@@ -11,8 +11,8 @@ import pytest
 
 from telemetry.adapters.sqs import SqsQueue
 from telemetry.entrypoints import aws as aws_cli
-from tests import moto_server
-from tests.moto_server import AwsTarget
+from tests.support import moto as moto_server
+from tests.support.moto import AwsTarget
 
 aws = moto_server.aws
 

@@ -7,13 +7,15 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from telemetry.adapters.clock import SystemClock
-from telemetry.adapters.memory import FakeClock
 from telemetry.domain import lake
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.readings import Reading, ReadingRules
-from telemetry.domain.services import AcceptReadings, AggregateHours, DrainBatches
-from tests import moto_server
-from tests.moto_server import AwsTarget
+from tests.support import moto as moto_server
+from tests.support.fakes import FakeClock
+from tests.support.ingest import SyncIngest
+from tests.support.moto import AwsTarget
 
 aws = moto_server.aws
 
@@ -27,11 +29,11 @@ def test_accept_drain_aggregate_on_sqs_and_s3(aws: AwsTarget) -> None:
     # hour's envelope must split by size whatever minute the test runs at.
     signals = {"Vehicle.Speed": 1.5, "s": "\uffff" * 200}
     readings = [Reading(f"car-{i % 4}", now - timedelta(minutes=i), signals) for i in range(120)]
-    accepted = AcceptReadings(queue, clock, ReadingRules()).execute(readings, None)
+    accepted = SyncIngest(queue, clock, ReadingRules()).execute(readings, None)
     hours = {r.ts.astimezone(UTC).replace(minute=0, second=0) for r in readings}
     assert accepted.messages > len(hours)
     drain = DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0.1))
-    files = drain.drain()
+    files = drain.until_empty()
     assert sum(f.readings for f in files) == 120
     assert queue.receive(10) == []  # all deleted
     stored = [
@@ -58,7 +60,7 @@ def test_an_open_batch_outlives_the_visibility_timeout(aws: AwsTarget) -> None:
         clock.advance(seconds)
         aws.advance(seconds)
 
-    AcceptReadings(queue, clock, ReadingRules()).execute(
+    SyncIngest(queue, clock, ReadingRules()).execute(
         [Reading("car-1", clock.now() - timedelta(seconds=5), {"x": 1})], None
     )
     drain = DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=100))

@@ -8,8 +8,8 @@ import pytest
 
 from telemetry.adapters.s3 import S3Storage, content_headers, ensure_bucket
 from telemetry.domain.errors import NotFound, StorageUnavailable
-from tests import moto_server
-from tests.moto_server import REGION, AwsTarget
+from tests.support import moto as moto_server
+from tests.support.moto import REGION, AwsTarget
 
 aws = moto_server.aws
 

@@ -23,8 +23,8 @@ from telemetry.adapters.sqs import (
     region_of,
 )
 from telemetry.domain.errors import QueueUnavailable
-from tests import moto_server
-from tests.moto_server import AwsTarget
+from tests.support import moto as moto_server
+from tests.support.moto import AwsTarget
 
 aws = moto_server.aws
 
@@ -238,7 +238,7 @@ def test_errors_become_queue_unavailable(aws: AwsTarget) -> None:
     q.check()
     missing = q.queue_url.rsplit("/", 1)[0] + "/no-such-queue"
     with pytest.raises(QueueUnavailable, match="queue"):
-        SqsQueue(missing)
+        SqsQueue.connect(missing)
     aws.client("sqs").delete_queue(QueueUrl=q.queue_url)
     with pytest.raises(QueueUnavailable):
         q.check()
@@ -249,11 +249,11 @@ def test_errors_become_queue_unavailable(aws: AwsTarget) -> None:
 
 
 def test_an_unreachable_endpoint_is_queue_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.moto_server import aws_target
+    from tests.support.moto import aws_target
 
     with aws_target("moto_server"):
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: refused
         t0 = time.monotonic()
         with pytest.raises(QueueUnavailable):
-            SqsQueue("http://127.0.0.1:9/123456789012/q", max_attempts=2)
+            SqsQueue.connect("http://127.0.0.1:9/123456789012/q", max_attempts=2)
         assert time.monotonic() - t0 < 10

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from telemetry.adapters.filesystem import FilesystemStorage
-from telemetry.adapters.memory import FakeClock
 from telemetry.adapters.parquet import ParquetFormat
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.curation import CuratedFormat, CurateHours, JsonLinesGzip
-from telemetry.domain.services import AggregateHours
 from tests.integration.test_curation import H2, lake_with_copies
+from tests.support.fakes import FakeClock
 
 duckdb = pytest.importorskip("duckdb")
 

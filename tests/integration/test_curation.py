@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from telemetry.adapters.filesystem import FilesystemStorage
-from telemetry.adapters.memory import FakeClock, MemoryStorage
+from telemetry.adapters.memory import MemoryStorage
 from telemetry.adapters.parquet import ParquetFormat
 from telemetry.domain import lake
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.curation import (
     CuratedFormat,
     CurateHours,
@@ -25,9 +26,9 @@ from telemetry.domain.curation import (
     curated_prefix,
     read_manifest,
 )
-from telemetry.domain.ports import Storage
+from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record, encode_records
-from telemetry.domain.services import AggregateHours
+from tests.support.fakes import FakeClock
 
 H1 = datetime(2026, 11, 29, 1, tzinfo=UTC)
 H2 = H1 + timedelta(hours=1)
@@ -39,7 +40,7 @@ def _lake(kind: str, tmp_path: Path) -> Iterator[Storage]:
     if kind == "filesystem":
         yield FilesystemStorage(tmp_path / "lake")
     else:
-        from tests.moto_server import aws_target
+        from tests.support.moto import aws_target
 
         with aws_target("mock_aws") as target:
             yield target.storage("fleet/lake")

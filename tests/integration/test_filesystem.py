@@ -1,4 +1,4 @@
-"""FilesystemStorage and FileKeyStore beyond the port suites: atomic writes, real OS errors,
+"""FilesystemStorage and FileApiKeyStore beyond the port suites: atomic writes, real OS errors,
 several processes on one key store.
 
 Real failures are produced where the machine allows it, and the test skips (saying why) where
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pytest
 
+from telemetry.adapters.api_key_file import FileApiKeyStore
 from telemetry.adapters.filesystem import FilesystemStorage
-from telemetry.adapters.keystore_file import FileKeyStore
+from telemetry.domain.api_keys import hash_secret
 from telemetry.domain.errors import NotFound, StorageUnavailable
-from telemetry.domain.keys import hash_secret
-from telemetry.domain.ports import StoredKey
+from telemetry.domain.ports.api_keys import StoredApiKey
 
 KEY = "raw/year=2026/month=11/day=29/hour=01/part-0001.jsonl"
 
@@ -384,17 +384,17 @@ def test_a_read_only_filesystem_is_unavailable(tmp_path: Path) -> None:
     assert out["list"] == []
 
 
-# ------------------------------------------------------------------ FileKeyStore
+# ------------------------------------------------------------------ FileApiKeyStore
 
 
-def stored(key_id: str, name: str, secret: str = "s3cr3t") -> StoredKey:
-    return StoredKey(key_id, name, hash_secret(secret), ("truck-*",),
+def stored(key_id: str, name: str, secret: str = "s3cr3t") -> StoredApiKey:
+    return StoredApiKey(key_id, name, hash_secret(secret), ("truck-*",),
                      datetime(2026, 11, 29, 1, 0, tzinfo=UTC))
 
 
 def test_the_key_file_holds_hashes_only_and_is_private(tmp_path: Path) -> None:
     path = tmp_path / "data" / "keys.json"
-    store = FileKeyStore(path)
+    store = FileApiKeyStore(path)
     secret = "Zb8Yq1x2W3v4U5t6S7r8Q9p0O1n2M3l4K5j6I7h8G9f"
     store.add(stored("0123456789abcdef", "gw", secret))
     text = path.read_text()
@@ -411,7 +411,7 @@ def test_the_key_file_holds_hashes_only_and_is_private(tmp_path: Path) -> None:
 
 
 def test_a_missing_file_is_no_keys_and_reading_creates_nothing(tmp_path: Path) -> None:
-    store = FileKeyStore(tmp_path / "data" / "keys.json")
+    store = FileApiKeyStore(tmp_path / "data" / "keys.json")
     assert store.all() == []
     assert store.find("0123456789abcdef") is None
     assert not (tmp_path / "data").exists()
@@ -419,8 +419,8 @@ def test_a_missing_file_is_no_keys_and_reading_creates_nothing(tmp_path: Path) -
 
 def test_another_instance_sees_changes_within_the_reload_interval(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
-    server = FileKeyStore(path, reload_interval=0.2)
-    cli = FileKeyStore(path)
+    server = FileApiKeyStore(path, reload_interval=0.2)
+    cli = FileApiKeyStore(path)
     assert server.find("0123456789abcdef") is None
     cli.add(stored("0123456789abcdef", "gw"))
     deadline = time.monotonic() + 0.2 + 1.0
@@ -431,15 +431,15 @@ def test_another_instance_sees_changes_within_the_reload_interval(tmp_path: Path
 
 REVOKE = """
 import sys
-from telemetry.adapters.keystore_file import FileKeyStore
-print(FileKeyStore(sys.argv[1]).revoke(sys.argv[2]))
+from telemetry.adapters.api_key_file import FileApiKeyStore
+print(FileApiKeyStore(sys.argv[1]).revoke(sys.argv[2]))
 """
 
 
 def test_a_revoke_by_another_process_takes_effect_without_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
-    FileKeyStore(path).add(stored("0123456789abcdef", "gw"))
-    server = FileKeyStore(path, reload_interval=0.3)
+    FileApiKeyStore(path).add(stored("0123456789abcdef", "gw"))
+    server = FileApiKeyStore(path, reload_interval=0.3)
     found = server.find("0123456789abcdef")
     assert found is not None and not found.revoked
     r = subprocess.run([sys.executable, "-c", REVOKE, str(path), "gw"],
@@ -457,22 +457,22 @@ def test_a_revoke_by_another_process_takes_effect_without_a_restart(tmp_path: Pa
 
 def test_no_reload_before_the_interval(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
-    server = FileKeyStore(path, reload_interval=60)
+    server = FileApiKeyStore(path, reload_interval=60)
     assert server.all() == []
-    FileKeyStore(path).add(stored("0123456789abcdef", "gw"))
+    FileApiKeyStore(path).add(stored("0123456789abcdef", "gw"))
     assert server.all() == []  # a cached read costs no stat
-    assert FileKeyStore(path, reload_interval=0).all() != []
+    assert FileApiKeyStore(path, reload_interval=0).all() != []
 
 
 ADD_MANY = """
 import sys
 from datetime import UTC, datetime
-from telemetry.adapters.keystore_file import FileKeyStore
-from telemetry.domain.ports import StoredKey
-store = FileKeyStore(sys.argv[1])
+from telemetry.adapters.api_key_file import FileApiKeyStore
+from telemetry.domain.ports.api_keys import StoredApiKey
+store = FileApiKeyStore(sys.argv[1])
 who = int(sys.argv[2])
 for i in range(int(sys.argv[3])):
-    store.add(StoredKey(f"{who:08x}{i:08x}", f"p{who}", "0" * 64, ("*",),
+    store.add(StoredApiKey(f"{who:08x}{i:08x}", f"p{who}", "0" * 64, ("*",),
                         datetime(2026, 11, 29, tzinfo=UTC)))
 """
 
@@ -484,20 +484,20 @@ def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
     for p in procs:
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
-    keys = FileKeyStore(path).all()
+    keys = FileApiKeyStore(path).all()
     assert len(keys) == 40
     assert len({k.key_id for k in keys}) == 40
 
 
 def test_a_corrupt_file_is_never_written_over(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
-    running = FileKeyStore(path, reload_interval=0)
+    running = FileApiKeyStore(path, reload_interval=0)
     running.add(stored("0123456789abcdef", "gw"))
     path.write_text('{"keys": [')  # a hand edit gone wrong
     # the running server keeps its last good copy
     assert [k.name for k in running.all()] == ["gw"]
     with pytest.raises(ValueError, match=r"keys\.json"):
-        FileKeyStore(path).all()  # a fresh one has nothing good to fall back on
+        FileApiKeyStore(path).all()  # a fresh one has nothing good to fall back on
     with pytest.raises(ValueError, match="not writing over it"):
         running.revoke("gw")
     assert path.read_text() == '{"keys": ['

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from telemetry.domain.keys import format_key
+from telemetry.domain.api_keys import format_key
 from telemetry.domain.readings import derive_reading_id
 from telemetry.entrypoints.container import Container
 from telemetry.entrypoints.http import READY_CACHE_SECONDS, _Sender
@@ -372,7 +372,7 @@ def test_rate_limit_is_429_with_retry_after_and_per_key() -> None:
     settings = Settings(queue="memory", storage="memory", rate_limit=0.5, rate_burst=2)
     c = make_container(settings)
     other = "fedcba9876543210"
-    from telemetry.domain.keys import new_stored_key
+    from telemetry.domain.api_keys import new_stored_key
 
     c.keys().add(new_stored_key(other, "o" * 43, "other", ["*"], datetime.now(UTC)))
     with client_for(c, settings) as client:

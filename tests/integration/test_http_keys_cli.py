@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.adapters.keystore_file import FileKeyStore
-from telemetry.domain.keys import Authenticator
+from telemetry.adapters.api_key_file import FileApiKeyStore
+from telemetry.domain.api_keys import Authenticator
 from telemetry.entrypoints.cli import main
 
 
@@ -31,7 +31,7 @@ def test_create_list_revoke(keys_file: Path, capsys: pytest.CaptureFixture[str])
     assert keys_file.exists() and not (keys_file.parent.parent / "data" / "keys.json").exists()
     secret = key.split("_", 2)[2]
     assert secret not in keys_file.read_text()  # only a hash is stored
-    principal = Authenticator(FileKeyStore(keys_file)).authenticate(key)
+    principal = Authenticator(FileApiKeyStore(keys_file)).authenticate(key)
     assert principal is not None and principal.vehicles == ("car-*", "van-7")
 
     assert main(["keys", "list"]) == 0
@@ -42,7 +42,7 @@ def test_create_list_revoke(keys_file: Path, capsys: pytest.CaptureFixture[str])
     assert secret not in out
 
     assert main(["keys", "revoke", "gw-1"]) == 0
-    assert Authenticator(FileKeyStore(keys_file)).authenticate(key) is None
+    assert Authenticator(FileApiKeyStore(keys_file)).authenticate(key) is None
     assert main(["keys", "revoke", "gw-1"]) == 1  # nothing left to revoke
     assert main(["keys", "revoke", "no-such-key"]) == 1
 

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from telemetry.adapters.memory import FakeClock
 from telemetry.domain.readings import derive_reading_id
 from telemetry.entrypoints.container import Container
 from telemetry.entrypoints.settings import Settings
 from tests.integration.http_support import URL, client_for, enqueued, make_container
 from tests.strategies import NOW, fuzzy_reading_objects, invalid_reading_objects, reading_objects
+from tests.support.fakes import FakeClock
 
 SETTINGS = Settings(queue="memory", storage="memory", rate_burst=1_000_000)
 # The reading strategies are costly to draw (about 40 ms an example); the request is not.

@@ -24,11 +24,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from telemetry.adapters.memory import FakeClock
 from telemetry.entrypoints.http import create_apps
 from telemetry.entrypoints.settings import Settings
 from tests.integration.http_support import KEY, make_container
 from tests.strategies import NOW
+from tests.support.fakes import FakeClock
 
 
 @schemathesis.serializer("application/x-ndjson")

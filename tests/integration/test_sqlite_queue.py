@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.adapters.memory import FakeClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.errors import QueueUnavailable
+from tests.support.fakes import FakeClock
 
 
 def child(code: str, *args: str) -> subprocess.Popen[str]:
@@ -278,12 +278,12 @@ def test_durability_settings(tmp_path: Path) -> None:
 def test_state_survives_a_reopen(tmp_path: Path) -> None:
     clock = FakeClock()
     path = tmp_path / "q.sqlite3"
-    q1 = SqliteQueue(path, visibility_timeout=30, max_receives=2, time_source=clock.time)
+    q1 = SqliteQueue(path, visibility_timeout=30, max_receives=2, clock=clock)
     q1.send([b'"a"', b'"b"'])
     got = q1.receive(10)
     q1.delete([m.receipt for m in got if m.body == b'"b"'])
     q1.close()  # a worker dies holding "a"
-    q2 = SqliteQueue(path, visibility_timeout=30, max_receives=2, time_source=clock.time)
+    q2 = SqliteQueue(path, visibility_timeout=30, max_receives=2, clock=clock)
     assert q2.receive(10) == []
     clock.advance(31)
     [again] = q2.receive(10)
@@ -291,7 +291,7 @@ def test_state_survives_a_reopen(tmp_path: Path) -> None:
     clock.advance(31)
     assert q2.receive(10) == []
     q2.close()
-    q3 = SqliteQueue(path, time_source=clock.time)
+    q3 = SqliteQueue(path, clock=clock)
     assert [m.body for m in q3.dead_letters(10)] == [b'"a"']
     q3.close()
 
@@ -299,7 +299,7 @@ def test_state_survives_a_reopen(tmp_path: Path) -> None:
 def test_a_redriven_message_keeps_its_id_and_collides_with_no_newer_one(tmp_path: Path) -> None:
     clock = FakeClock()
     q = SqliteQueue(tmp_path / "q.sqlite3", visibility_timeout=10, max_receives=1,
-                    time_source=clock.time)
+                    clock=clock)
     q.send([b'"old"'])
     [old] = q.receive(1)
     clock.advance(11)
@@ -318,7 +318,7 @@ def test_a_zero_visibility_timeout_hands_each_message_out_once_per_receive(
 ) -> None:
     clock = FakeClock()
     q = SqliteQueue(tmp_path / "q.sqlite3", visibility_timeout=0, max_receives=2,
-                    time_source=clock.time)
+                    clock=clock)
     q.send([b'"a"', b'"b"', b'"c"'])
     assert sorted(m.body for m in q.receive(10)) == [b'"a"', b'"b"', b'"c"']
     assert sorted(m.receive_count for m in q.receive(10)) == [2, 2, 2]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.adapters.memory import FakeClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.errors import QueueUnavailable
+from tests.support.fakes import FakeClock
 
 # The layout every file had before user_version 2, as the adapter then created it.
 OLD_SCHEMA = """
@@ -85,7 +85,7 @@ def test_an_old_layout_file_is_migrated_in_place_on_open(tmp_path: Path) -> None
     old_layout_file(path, clock.time())
     assert layout(path)[0] == 0
 
-    q = SqliteQueue(path, visibility_timeout=30, max_receives=5, time_source=clock.time)
+    q = SqliteQueue(path, visibility_timeout=30, max_receives=5, clock=clock)
     assert layout(path) == (2, {"messages", "bodies", "dead_letters", "sqlite_sequence"})
     assert consistency(path) == ({1, 2, 3}, {5})
     got = q.receive(10)
@@ -111,13 +111,13 @@ def test_a_failed_migration_leaves_the_old_layout_untouched(tmp_path: Path) -> N
     with sqlite3.connect(path) as db:  # in the way of the migration, half-way through it
         db.execute("CREATE VIEW messages_2 AS SELECT 1")
     with pytest.raises(QueueUnavailable, match="messages_2"):
-        SqliteQueue(path, time_source=clock.time)
+        SqliteQueue(path, clock=clock)
     assert layout(path) == (0, {"messages", "dead_letters", "sqlite_sequence"})
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM messages").fetchone()[0] == 3
         assert db.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 1
         db.execute("DROP VIEW messages_2")
-    q = SqliteQueue(path, time_source=clock.time)  # and the next open migrates
+    q = SqliteQueue(path, clock=clock)  # and the next open migrates
     assert sorted(m.body for m in q.receive(10)) == [b'"a"', b'"b"']
     q.close()
 

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from telemetry.adapters.memory import MemoryStorage
 from telemetry.domain import lake
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.aggregation import RawDecoder, aggregate, dedupe
 from telemetry.domain.readings import Record, encode_record
-from telemetry.domain.services import AggregateHours
 from tests.strategies import HOUR, records
 
 few_ids = st.sampled_from([f"r{i}" for i in range(6)])

@@ -14,9 +14,10 @@ from msgspec.structs import replace
 
 from telemetry.adapters.memory import MemoryStorage
 from telemetry.domain import lake
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.aggregation import aggregate, dedupe
+from telemetry.domain.hour_slices import HourSlice, shared_ids
 from telemetry.domain.readings import Record, encode_record
-from telemetry.domain.services import AggregateHours, HourPart, shared_ids
 from tests.strategies import HOUR, VALUE_POOLS, records
 
 FEW_IDS = st.sampled_from([f"r{i}" for i in range(8)])
@@ -56,11 +57,11 @@ def _store(files: list[list[Record]]) -> tuple[MemoryStorage, list[str]]:
 
 def split_run(storage: MemoryStorage, groups: list[list[str]]) -> bytes:
     """What the processes of `--jobs` do, one after the other."""
-    parts = [HourPart(storage, g) for g in groups]
+    parts = [HourSlice(storage, g) for g in groups]
     shared = shared_ids([p.ids() for p in parts])
     results = [p.finish(HOUR, shared) for p in parts]
     keys = [k for g in groups for k in g]
-    AggregateHours(storage).hour_from_parts(HOUR, keys, results)
+    AggregateHours(storage).hour_from_slices(HOUR, keys, results)
     return storage.get(lake.aggregate_key(HOUR))
 
 

@@ -17,13 +17,13 @@ from hypothesis.stateful import (
 )
 
 from telemetry.domain.batching import Batch, Batcher, BatchPolicy
-from telemetry.domain.packing import Part
+from telemetry.domain.packing import Envelope
 
 _receipts = itertools.count()
 
 
-def part(hour: int, readings: int = 1, nbytes: int = 10) -> Part:
-    return Part(
+def part(hour: int, readings: int = 1, nbytes: int = 10) -> Envelope:
+    return Envelope(
         hour=hour,
         payload=b"x" * nbytes,
         readings=readings,
@@ -57,7 +57,7 @@ def test_flush_when_max_readings_is_reached() -> None:
     assert b.add(part(0, readings=2), 0.0) == []
     (full,) = b.add(part(0, readings=1), 0.0)
     assert full.readings == 5
-    assert len(full.parts) == 3
+    assert len(full.envelopes) == 3
     assert b.open_batches == []
 
 
@@ -86,7 +86,7 @@ def test_age_counts_from_the_first_part() -> None:
     b.add(part(0), 0.0)
     b.add(part(0), 4.0)
     (batch,) = b.due(5.0)
-    assert len(batch.parts) == 2
+    assert len(batch.envelopes) == 2
 
 
 def test_the_batch_opened_earliest_is_evicted_for_a_new_hour() -> None:
@@ -96,7 +96,7 @@ def test_the_batch_opened_earliest_is_evicted_for_a_new_hour() -> None:
     b.add(part(7), 2.0)  # adding to an open batch does not reopen it
     (evicted,) = b.add(part(5), 3.0)
     assert evicted.hour == 7
-    assert len(evicted.parts) == 2
+    assert len(evicted.envelopes) == 2
     assert sorted(x.hour for x in b.open_batches) == [3, 5]
 
 
@@ -106,9 +106,9 @@ def test_drain_returns_everything_once() -> None:
     for p in parts:
         assert b.add(p, 0.0) == []
     assert b.open_readings == 4
-    drained = b.drain()
+    drained = b.take_all()
     assert sorted(receipts(drained)) == sorted(p.receipt for p in parts)
-    assert b.drain() == []
+    assert b.take_all() == []
     assert b.next_deadline() is None
     assert b.open_readings == 0
 
@@ -142,10 +142,10 @@ class BatcherMachine(RuleBasedStateMachine):
 
     def _flushed(self, batches: list[Batch]) -> None:
         for b in batches:
-            assert b.parts, "an empty batch was flushed"
-            assert {p.hour for p in b.parts} == {b.hour}, "a batch mixes hours"
-            assert b.readings == sum(p.readings for p in b.parts)
-            assert b.nbytes == sum(len(p.payload) for p in b.parts)
+            assert b.envelopes, "an empty batch was flushed"
+            assert {p.hour for p in b.envelopes} == {b.hour}, "a batch mixes hours"
+            assert b.readings == sum(p.readings for p in b.envelopes)
+            assert b.nbytes == sum(len(p.payload) for p in b.envelopes)
             assert b.opened_at == self.opened.pop(b.hour), "flushed a batch that was not open"
             self.flushed.extend(b.receipts)
 
@@ -174,7 +174,7 @@ class BatcherMachine(RuleBasedStateMachine):
             (full,) = mine
             assert out[-1] is full
             # flushed for size: the limit is reached, and only with this last part
-            assert full.parts[-1] is p
+            assert full.envelopes[-1] is p
             assert full.readings >= self.policy.max_readings or full.nbytes >= self.policy.max_bytes
             assert full.readings - p.readings < self.policy.max_readings
             assert full.nbytes - len(p.payload) < self.policy.max_bytes
@@ -201,7 +201,7 @@ class BatcherMachine(RuleBasedStateMachine):
     @precondition(lambda self: len(self.added) % 7 == 6)
     @rule()
     def drain(self) -> None:
-        out = self.batcher.drain()
+        out = self.batcher.take_all()
         assert sorted(b.hour for b in out) == sorted(self.opened)
         self._flushed(out)
         assert self.batcher.open_batches == []
@@ -222,7 +222,7 @@ class BatcherMachine(RuleBasedStateMachine):
         assert len(open_) <= self.policy.max_open_hours
         assert [b.hour for b in open_] == list(self.opened)  # one per hour, in opening order
         for b in open_:
-            assert {p.hour for p in b.parts} == {b.hour}
+            assert {p.hour for p in b.envelopes} == {b.hour}
             assert b.opened_at == self.opened[b.hour]
         assert self.batcher.open_readings == sum(b.readings for b in open_)
         expected_deadline = (
@@ -232,7 +232,7 @@ class BatcherMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         if hasattr(self, "batcher"):
-            self._flushed(self.batcher.drain())
+            self._flushed(self.batcher.take_all())
             assert Counter(self.flushed) == Counter(self.added)
 
 
@@ -270,9 +270,9 @@ def test_a_worker_loop_loses_nothing_and_respects_every_bound(
         assert all(now - x.opened_at >= max_age for x in due)
         out += due
         assert len(b.open_batches) <= max_open
-    out += b.drain()
+    out += b.take_all()
     assert sorted(receipts(out)) == sorted(sent)
     for batch in out:
-        assert {p.hour for p in batch.parts} == {batch.hour}
+        assert {p.hour for p in batch.envelopes} == {batch.hour}
         # a batch holds no part beyond the one that reached the readings limit
-        assert batch.readings - batch.parts[-1].readings < max_readings
+        assert batch.readings - batch.envelopes[-1].readings < max_readings

@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from telemetry.adapters.clock import SystemClock
-from telemetry.adapters.memory import FakeClock, MemoryQueue, MemoryStorage
+from telemetry.adapters.memory import MemoryQueue, MemoryStorage
 from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.errors import QueueUnavailable, StorageUnavailable
 from telemetry.domain.packing import pack
 from telemetry.domain.readings import Reading, ReadingRules
-from telemetry.domain.services import AcceptReadings, DrainBatches
 from telemetry.entrypoints.worker import Worker
+from tests.support.fakes import FakeClock
+from tests.support.ingest import SyncIngest
 
 T0 = datetime(2026, 11, 29, 1, 30, tzinfo=UTC)
 HOUR = int(T0.replace(minute=0).timestamp())
@@ -67,7 +69,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def queue(clock: FakeClock) -> FlakyDeletes:
-    return FlakyDeletes(time_source=clock.time, visibility_timeout=VT, max_receives=MAX_RECEIVES)
+    return FlakyDeletes(clock=clock, visibility_timeout=VT, max_receives=MAX_RECEIVES)
 
 
 @pytest.fixture
@@ -80,7 +82,7 @@ def enqueue(queue: MemoryQueue, clock: FakeClock, n: int, hour: int = 0) -> list
         Reading(f"car-{i}", T0 - timedelta(hours=hour), {"Vehicle.Speed": float(i)})
         for i in range(n)
     ]
-    return AcceptReadings(queue, clock, ReadingRules()).execute(readings, None).reading_ids
+    return SyncIngest(queue, clock, ReadingRules()).execute(readings, None).reading_ids
 
 
 def stored_ids(storage: MemoryStorage) -> list[str]:
@@ -143,7 +145,7 @@ def test_nothing_new_is_received_while_failed_writes_wait(queue, storage, clock)
     assert len(drain.held) == 1
     assert [e.receive_count for m, e in queue.messages.items() if m not in first] == [0]
     storage.error = None
-    drain.drain()
+    drain.until_empty()
     assert len(stored_ids(storage)) == 1 + len(later)
     assert queue.messages == {}
 
@@ -234,7 +236,7 @@ def test_shutdown_on_a_failing_lake_keeps_everything_and_can_give_it_back(
     assert visible_to_another_worker(queue) == 2  # at once, not after the timeout
     assert drain.held == []
     storage.error = None
-    DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0)).drain()
+    DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0)).until_empty()
     assert len(stored_ids(storage)) == 4
 
 

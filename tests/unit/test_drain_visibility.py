@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from telemetry.adapters.memory import FakeClock, MemoryQueue, MemoryStorage
+from telemetry.adapters.memory import MemoryQueue, MemoryStorage
 from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.errors import QueueUnavailable
 from telemetry.domain.readings import Reading, ReadingRules
-from telemetry.domain.services import AcceptReadings, DrainBatches
+from tests.support.fakes import FakeClock
+from tests.support.ingest import SyncIngest
 
 T0 = datetime(2026, 11, 29, 1, 30, tzinfo=UTC)
 VT = 10.0
@@ -24,12 +26,12 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def queue(clock: FakeClock) -> MemoryQueue:
-    return MemoryQueue(time_source=clock.time, visibility_timeout=VT)
+    return MemoryQueue(clock=clock, visibility_timeout=VT)
 
 
 def enqueue(queue: MemoryQueue, clock: FakeClock, n: int = 1) -> None:
     readings = [Reading(f"car-{i}", T0, {"Vehicle.Speed": 1.0}) for i in range(n)]
-    AcceptReadings(queue, clock, ReadingRules()).execute(readings, None)
+    SyncIngest(queue, clock, ReadingRules()).execute(readings, None)
 
 
 def visible_to_another_worker(queue: MemoryQueue) -> int:
@@ -78,7 +80,7 @@ def test_a_slow_write_does_not_let_later_batches_reappear(queue, clock) -> None:
     drain = DrainBatches(queue, SlowStorage(), clock, BatchPolicy(max_age_seconds=3 * VT))
     # Three hours of event time: three batches, flushed one after the other at shutdown.
     for h in range(3):
-        AcceptReadings(queue, clock, ReadingRules()).execute(
+        SyncIngest(queue, clock, ReadingRules()).execute(
             [Reading("car-1", T0 - timedelta(hours=h), {"x": 1})], None
         )
     assert drain.poll(0).received == 3
@@ -95,7 +97,7 @@ def test_receive_waits_no_longer_than_the_next_extension(queue, clock) -> None:
             waits.append(wait_seconds)
             return super().receive(max_messages, 0.0)
 
-    q = Recording(time_source=clock.time, visibility_timeout=VT)
+    q = Recording(clock=clock, visibility_timeout=VT)
     drain = DrainBatches(q, MemoryStorage(), clock, BatchPolicy(max_age_seconds=3 * VT))
     enqueue(q, clock)
     drain.poll(60)

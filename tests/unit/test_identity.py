@@ -15,10 +15,11 @@ from msgspec.structs import replace
 
 from telemetry.adapters.memory import MemoryStorage
 from telemetry.domain import lake
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.aggregation import aggregate, decode_aggregate_lines, dedupe
+from telemetry.domain.hour_slices import HourSlice, shared_ids
 from telemetry.domain.partials import file_line, partial_line
 from telemetry.domain.readings import Record, encode_record
-from telemetry.domain.services import AggregateHours, HourPart, shared_ids
 from tests.strategies import HOUR, records
 
 VICTIM = "car-77"
@@ -73,10 +74,10 @@ def test_a_vehicle_aggregate_is_its_readings_alone_whatever_ids_others_chose(
     AggregateHours(storage).hour(HOUR, keys)  # partials, lean records or records
     assert _victim_line(storage.get(lake.aggregate_key(HOUR))) == alone
     # the hour split over parts, as `aggregate --jobs` does over processes
-    parts = [HourPart(storage, keys[i::n]) for i in range(n) if keys[i::n]]
+    parts = [HourSlice(storage, keys[i::n]) for i in range(n) if keys[i::n]]
     shared = shared_ids([p.ids() for p in parts])
     results = [p.finish(HOUR, shared) for p in parts]
-    AggregateHours(storage).hour_from_parts(HOUR, keys, results)
+    AggregateHours(storage).hour_from_slices(HOUR, keys, results)
     assert _victim_line(storage.get(lake.aggregate_key(HOUR))) == alone
 
 

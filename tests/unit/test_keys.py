@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry.adapters.memory import MemoryKeyStore
-from telemetry.domain.keys import (
+from telemetry.adapters.memory import MemoryApiKeyStore
+from telemetry.domain.api_keys import (
     MAX_KEY_LENGTH,
     Authenticator,
     Principal,
-    check_patterns,
     format_key,
     hash_secret,
     new_stored_key,
     parse_key,
+    parse_vehicle_patterns,
 )
 from tests.strategies import vehicle_ids
 
@@ -33,8 +33,8 @@ key_ids = st.text("0123456789abcdef", min_size=16, max_size=16)
 secrets_ = st.text(string.ascii_letters + string.digits + "-_", min_size=43, max_size=43)
 
 
-def store_with(*keys: tuple[str, str, list[str]]) -> MemoryKeyStore:
-    store = MemoryKeyStore()
+def store_with(*keys: tuple[str, str, list[str]]) -> MemoryApiKeyStore:
+    store = MemoryApiKeyStore()
     for key_id, secret, vehicles in keys:
         store.add(new_stored_key(key_id, secret, f"name-{key_id}", vehicles, NOW))
     return store
@@ -122,7 +122,7 @@ def test_wrong_unknown_revoked_and_malformed_keys_are_refused() -> None:
 
 def test_a_revoked_flag_alone_refuses_the_key() -> None:
     stored = new_stored_key(KEY_ID, SECRET, "n", ["*"], NOW)
-    store = MemoryKeyStore([replace(stored, revoked=True)])
+    store = MemoryApiKeyStore([replace(stored, revoked=True)])
     assert Authenticator(store).authenticate(KEY) is None
 
 
@@ -138,7 +138,7 @@ def test_only_the_exact_secret_authenticates(key_id: str, secret: str, guess: st
 
 
 def principal(*patterns: str) -> Principal:
-    return Principal("p", KEY_ID, check_patterns(list(patterns)))
+    return Principal("p", KEY_ID, parse_vehicle_patterns(list(patterns)))
 
 
 def test_exact_pattern_allows_only_that_vehicle() -> None:
@@ -194,11 +194,11 @@ def test_prefix_star_is_startswith(vehicle_id: str, prefix: str) -> None:
 )
 def test_check_patterns_rejects_bad_patterns(patterns: list[str]) -> None:
     with pytest.raises(ValueError):
-        check_patterns(patterns)
+        parse_vehicle_patterns(patterns)
 
 
 def test_check_patterns_accepts_ids_prefixes_and_star() -> None:
-    assert check_patterns(["*", "truck-*", " van-7\n", "a:b.c_d"]) == (  # stripped
+    assert parse_vehicle_patterns(["*", "truck-*", " van-7\n", "a:b.c_d"]) == (  # stripped
         "*",
         "truck-*",
         "van-7",

@@ -15,10 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from telemetry.adapters.memory import FakeClock, MemoryQueue, MemoryStorage
+from telemetry.adapters.memory import MemoryQueue, MemoryStorage
 from telemetry.domain import lake
+from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.aggregation import aggregate, dedupe
 from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.errors import StorageUnavailable
 from telemetry.domain.partials import (
     MIN_READINGS_PER_VEHICLE,
@@ -28,9 +30,10 @@ from telemetry.domain.partials import (
     partial_line,
 )
 from telemetry.domain.readings import Reading, ReadingRules, Record, encode_record
-from telemetry.domain.services import AcceptReadings, AggregateHours, DrainBatches
 from telemetry.entrypoints import aggregate_jobs
 from tests.strategies import HOUR, VALUE_POOLS, distinct_records, records
+from tests.support.fakes import FakeClock
+from tests.support.ingest import SyncIngest
 
 RECORDS = st.one_of(
     distinct_records(),
@@ -139,7 +142,7 @@ def _send(queue: MemoryQueue, clock: FakeClock, requests: int, *, per_vehicle: b
           minutes: int = 20, resend: int = 0, client_ids: bool = False) -> list[str]:
     """`requests` requests of 20 readings: from one vehicle each, or from 20 vehicles; the
     first `resend` requests sent a second time (a lost 202)."""
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    accept = SyncIngest(queue, clock, ReadingRules())
     bodies = []
     for i in range(requests):
         ts = clock.now() - timedelta(minutes=5 + i % minutes)
@@ -176,7 +179,7 @@ def _pipeline(**send: Any) -> tuple[CountingStorage, list[str], DrainBatches]:
     queue, storage = MemoryQueue(), CountingStorage()
     ids = _send(queue, clock, 40, **send)
     drain = DrainBatches(queue, storage, clock, BatchPolicy(max_readings=200, max_age_seconds=0))
-    drain.drain()
+    drain.until_empty()
     return storage, ids, drain
 
 
@@ -271,7 +274,7 @@ def test_an_envelope_with_a_corrupt_partial_is_stored_and_its_file_decoded() -> 
     head, _, rest = first.body.partition(b"\n")
     partial, _, lines = rest.partition(b"\n")
     first.body = b"\n".join((head, partial[:-3], lines))
-    DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0)).drain()
+    DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0)).until_empty()
     assert queue.messages == {} and queue.dead == {}  # the readings are sound
     assert storage.list(lake.PARTIALS) == []  # the file of two envelopes has one partial
     assert sum(r.readings for r in AggregateHours(storage).changed()) == len(ids)
@@ -283,7 +286,7 @@ def test_a_failed_write_of_partials_drops_them_and_loses_no_reading() -> None:
     storage.fail_partials = True
     ids = _send(queue, clock, 10, per_vehicle=True)
     drain = DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0))
-    drain.drain()
+    drain.until_empty()
     assert storage.list(lake.PARTIALS) == []
     assert [p.error for p in drain.partials_log] == ["lake: EIO"]
     assert queue.messages == {}

@@ -26,7 +26,7 @@ from telemetry.domain.readings import (
     WireReading,
     _KnownValid,
     canonical_ts,
-    check_patterns,
+    check_identifiers,
     decode_record,
     derive_reading_id,
     derive_reading_ids,
@@ -620,7 +620,7 @@ def test_a_record_line_holds_no_newline(signals: dict[str, Any]) -> None:
 
 
 def fast_path_agrees(obj: Any, wire: str) -> bool | None:
-    """Whether ingest's fast path (`WireBatch` without patterns, then `check_patterns`) takes
+    """Whether ingest's fast path (`WireBatch` without patterns, then `check_identifiers`) takes
     exactly what `ReadingBatch` takes; None when the wire cannot carry `obj`."""
     codec: Any = msgspec.json if wire == "json" else msgspec.msgpack
     try:
@@ -633,7 +633,7 @@ def fast_path_agrees(obj: Any, wire: str) -> bool | None:
     except msgspec.ValidationError:
         full_ok = False
     try:
-        check_patterns(codec.decode(body, type=WireBatch).readings, "$.readings")
+        check_identifiers(codec.decode(body, type=WireBatch).readings, "$.readings")
         fast_ok = True
     except msgspec.ValidationError:
         fast_ok = False
@@ -663,7 +663,7 @@ def test_the_fast_path_raises_what_msgspec_raises_for_a_pattern() -> None:
         with pytest.raises(msgspec.ValidationError) as full:
             _json_batch.decode(body)
         with pytest.raises(msgspec.ValidationError) as fast:
-            check_patterns(msgspec.json.decode(body, type=WireBatch).readings, "$.readings")
+            check_identifiers(msgspec.json.decode(body, type=WireBatch).readings, "$.readings")
         assert str(fast.value) == str(full.value), i
 
 
@@ -672,7 +672,7 @@ def test_the_reading_id_check_is_the_pattern(rid: str) -> None:
     assume(1 <= len(rid) <= 128)
     r = WireReading("car-1", NOW, {"x": 1}, rid)
     try:
-        check_patterns([r], "$")
+        check_identifiers([r], "$")
         ok = True
     except msgspec.ValidationError:
         ok = False

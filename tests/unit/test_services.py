@@ -7,13 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from telemetry.adapters.memory import FakeClock, MemoryQueue, MemoryStorage
+from telemetry.adapters.memory import MemoryQueue, MemoryStorage
 from telemetry.domain import lake
+from telemetry.domain.aggregate import AggregateHours
+from telemetry.domain.api_keys import Principal
 from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.errors import Forbidden, InvalidReadings, QueueUnavailable, StorageUnavailable
-from telemetry.domain.keys import Principal
 from telemetry.domain.readings import Reading, ReadingRules
-from telemetry.domain.services import AcceptReadings, AggregateHours, DrainBatches
+from tests.support.fakes import FakeClock
+from tests.support.ingest import SyncIngest
 
 T0 = datetime(2026, 11, 29, 1, 30, tzinfo=UTC)
 
@@ -29,7 +32,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def queue(clock: FakeClock) -> MemoryQueue:
-    return MemoryQueue(time_source=clock.time, max_message_bytes=64 * 1024)
+    return MemoryQueue(clock=clock, max_message_bytes=64 * 1024)
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def storage() -> MemoryStorage:
 
 
 def test_accept_packs_per_hour_and_returns_ids_in_order(queue, clock) -> None:
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    accept = SyncIngest(queue, clock, ReadingRules())
     rs = [reading("a", 0), reading("b", 40), reading("a", 1, rid="given-1")]  # 01:30, 02:10
     result = accept.execute(rs, None)
     assert result.reading_ids[2] == "given-1"
@@ -48,14 +51,14 @@ def test_accept_packs_per_hour_and_returns_ids_in_order(queue, clock) -> None:
 
 
 def test_same_reading_gets_the_same_id_on_retry(queue, clock) -> None:
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    accept = SyncIngest(queue, clock, ReadingRules())
     assert accept.execute([reading("a", 0)], None).reading_ids == accept.execute(
         [reading("a", 0)], None
     ).reading_ids
 
 
 def test_invalid_request_enqueues_nothing(queue, clock) -> None:
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    accept = SyncIngest(queue, clock, ReadingRules())
     future = Reading("a", clock.now() + timedelta(seconds=301), {"x": 1})
     with pytest.raises(InvalidReadings) as exc:
         accept.execute([reading("a", 0), future], None)
@@ -64,7 +67,7 @@ def test_invalid_request_enqueues_nothing(queue, clock) -> None:
 
 
 def test_forbidden_vehicle_enqueues_nothing(queue, clock) -> None:
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    accept = SyncIngest(queue, clock, ReadingRules())
     who = Principal("k", "0" * 16, ("car-*",))
     with pytest.raises(Forbidden) as exc:
         accept.execute([reading("car-1", 0), reading("truck-1", 0)], who)
@@ -75,7 +78,7 @@ def test_forbidden_vehicle_enqueues_nothing(queue, clock) -> None:
 def test_queue_outage_surfaces_as_queue_unavailable(queue, clock) -> None:
     queue.available = False
     with pytest.raises(QueueUnavailable):
-        AcceptReadings(queue, clock, ReadingRules()).execute([reading("a", 0)], None)
+        SyncIngest(queue, clock, ReadingRules()).execute([reading("a", 0)], None)
 
 
 def drainer(queue, storage, clock, **policy) -> DrainBatches:
@@ -83,9 +86,9 @@ def drainer(queue, storage, clock, **policy) -> DrainBatches:
 
 
 def test_drain_writes_one_file_per_hour_then_deletes(queue, storage, clock) -> None:
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    accept = SyncIngest(queue, clock, ReadingRules())
     ids = accept.execute([reading("a", m) for m in range(0, 60, 5)], None).reading_ids
-    files = drainer(queue, storage, clock).drain()
+    files = drainer(queue, storage, clock).until_empty()
     h1 = T0.replace(minute=0)
     assert {f.hour for f in files} == {h1, h1 + timedelta(hours=1)}
     assert queue.messages == {}
@@ -105,7 +108,7 @@ def test_drain_writes_one_file_per_hour_then_deletes(queue, storage, clock) -> N
 
 
 def test_batch_waits_for_max_age(queue, storage, clock) -> None:
-    AcceptReadings(queue, clock, ReadingRules()).execute([reading("a", 0)], None)
+    SyncIngest(queue, clock, ReadingRules()).execute([reading("a", 0)], None)
     d = drainer(queue, storage, clock, max_age_seconds=5.0)
     assert d.poll(0).files == []
     assert storage.objects == {}
@@ -120,13 +123,13 @@ def test_storage_failure_keeps_messages_for_redelivery(queue, clock) -> None:
         def put(self, key: str, data: bytes) -> None:
             raise StorageUnavailable("disk full")
 
-    AcceptReadings(queue, clock, ReadingRules()).execute([reading("a", 0)], None)
+    SyncIngest(queue, clock, ReadingRules()).execute([reading("a", 0)], None)
     with pytest.raises(StorageUnavailable):
-        drainer(queue, Failing(), clock).drain()
+        drainer(queue, Failing(), clock).until_empty()
     assert len(queue.messages) == 1  # not deleted: it comes back after the visibility timeout
     clock.advance(queue.visibility_timeout)
     storage = MemoryStorage()
-    drainer(queue, storage, clock).drain()
+    drainer(queue, storage, clock).until_empty()
     assert queue.messages == {} and len(storage.list("raw/")) == 1
 
 
@@ -141,11 +144,11 @@ def test_poison_message_is_left_to_dead_letter(queue, storage, clock) -> None:
 
 
 def test_aggregate_counts_duplicates_once_and_tracks_changed_hours(queue, storage, clock) -> None:
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    accept = SyncIngest(queue, clock, ReadingRules())
     accept.execute([reading("a", 0, 10.0), reading("a", 1, 20.0), reading("b", 2, 5.0)], None)
-    drainer(queue, storage, clock).drain()
+    drainer(queue, storage, clock).until_empty()
     accept.execute([reading("a", 0, 10.0)], None)  # a retried duplicate, in a second file
-    drainer(queue, storage, clock).drain()
+    drainer(queue, storage, clock).until_empty()
     agg = AggregateHours(storage)
     results = agg.changed()
     assert [(r.files, r.raw_records, r.readings) for r in results] == [(2, 4, 3)]
@@ -159,14 +162,14 @@ def test_aggregate_counts_duplicates_once_and_tracks_changed_hours(queue, storag
     assert rows["a"]["hour_start"] == "2026-11-29T01:00:00Z"
     assert agg.changed() == []  # nothing new
     accept.execute([reading("c", 3)], None)  # late data for the same hour
-    drainer(queue, storage, clock).drain()
+    drainer(queue, storage, clock).until_empty()
     again = agg.changed()
     assert [r.readings for r in again] == [4]
 
 
 def test_a_reading_too_big_for_one_queue_message_is_a_422_naming_it(clock) -> None:
-    queue = MemoryQueue(time_source=clock.time, max_message_bytes=4096)
-    accept = AcceptReadings(queue, clock, ReadingRules())
+    queue = MemoryQueue(clock=clock, max_message_bytes=4096)
+    accept = SyncIngest(queue, clock, ReadingRules())
     big = Reading("b", T0, {f"Cabin.Note{i}": "x" * 200 for i in range(30)})
     with pytest.raises(InvalidReadings) as exc:
         accept.execute([reading("a", 0), big, reading("c", 1)], None)
@@ -181,7 +184,7 @@ def test_a_reading_too_big_for_one_queue_message_is_a_422_naming_it(clock) -> No
 
 def test_a_request_spanning_more_hours_than_the_rules_allow_is_refused_whole() -> None:
     queue, clock = MemoryQueue(), FakeClock(T0)
-    accept = AcceptReadings(queue, clock, ReadingRules(max_hours=3))
+    accept = SyncIngest(queue, clock, ReadingRules(max_hours=3))
     start = (T0 - timedelta(hours=10)).replace(minute=0)
     three = [Reading("car-1", start + timedelta(minutes=m), {"v": 1}) for m in (0, 59, 60, 179)]
     accept.execute(three, None)

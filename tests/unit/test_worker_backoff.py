@@ -14,10 +14,11 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
-from telemetry.adapters.memory import FakeClock, MemoryQueue
+from telemetry.adapters.memory import MemoryQueue
 from telemetry.domain.batching import BatchPolicy
-from telemetry.domain.services import DrainBatches
+from telemetry.domain.drain import DrainBatches
 from telemetry.entrypoints.worker import Worker
+from tests.support.fakes import FakeClock
 from tests.unit.test_drain_faults import T0, FlakyStorage, enqueue, stored_ids
 
 MIN, MAX = 0.5, 4.0
@@ -83,7 +84,7 @@ class RecordingQueue(MemoryQueue):
     """MemoryQueue that notes when messages are deleted."""
 
     def __init__(self, clock: FakeClock, **kwargs: object) -> None:
-        super().__init__(time_source=clock.time, **kwargs)  # type: ignore[arg-type]
+        super().__init__(clock=clock, **kwargs)  # type: ignore[arg-type]
         self.clock = clock
         self.deleted_at: list[float] = []
 

@@ -7,13 +7,14 @@ from datetime import timedelta
 
 from prometheus_client import generate_latest
 
-from telemetry.adapters.memory import FakeClock, MemoryStorage
+from telemetry.adapters.memory import MemoryStorage
 from telemetry.domain.batching import BatchPolicy
-from telemetry.domain.services import DrainBatches
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.worker_state import WorkerState, state_key, window
 from telemetry.entrypoints.worker import Worker
 from telemetry.entrypoints.worker_metrics import WorkerMetrics
 from telemetry.entrypoints.worker_publish import StatePublisher
+from tests.support.fakes import FakeClock
 from tests.unit.test_drain_faults import T0, enqueue
 from tests.unit.test_worker_backoff import RecordingQueue, TimedStorage, VirtualTime
 

@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from telemetry.adapters.private_files import make_private_dir, open_private
+from telemetry.adapters.private_files import make_private_dir, missing_dirs, open_private
 from telemetry.domain.errors import NotFound, StorageUnavailable
 
 _NOT_AN_OBJECT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
@@ -182,14 +183,7 @@ class FilesystemStorage:
 
     def _make_dirs(self, directory: Path) -> None:
         """mkdir -p, fsyncing each new directory's parent so the new entry is durable."""
-        missing: list[Path] = []
-        d = directory
-        while not d.is_dir():
-            missing.append(d)
-            if d.parent == d:
-                break
-            d = d.parent
-        for d in reversed(missing):
+        for d in missing_dirs(directory):
             if not make_private_dir(d):
                 if not d.is_dir():
                     raise FileExistsError(f"{d} exists and is not a folder")
@@ -210,3 +204,11 @@ class FilesystemStorage:
             yield
         except OSError as exc:
             raise self._unavailable(what, path, exc) from exc
+
+
+if TYPE_CHECKING:  # conformance, checked by mypy; import-linter sees the implementer
+    from telemetry.domain.ports.health import HealthCheck
+    from telemetry.domain.ports.storage import Storage
+
+    def _conforms(x: FilesystemStorage) -> tuple[Storage, HealthCheck]:
+        return (x, x)

@@ -9,34 +9,17 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
+from telemetry.adapters.clock import SystemClock
 from telemetry.domain.errors import NotFound, QueueUnavailable
-from telemetry.domain.ports import Message, QueueDepth, StoredKey
-
-
-class FakeClock:
-    """A clock tests move by hand. `monotonic` and `now` advance together."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
-        self._mono = 1000.0
-
-    def now(self) -> datetime:
-        return self._now
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    def time(self) -> float:
-        """Epoch seconds, for adapters that take a `time` callable."""
-        return self._now.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self._now += timedelta(seconds=seconds)
-        self._mono += seconds
+from telemetry.domain.ports.api_keys import StoredApiKey
+from telemetry.domain.ports.clock import Clock
+from telemetry.domain.ports.consuming import Message
+from telemetry.domain.ports.depth import QueueDepth
 
 
 @dataclass(slots=True)
@@ -59,12 +42,12 @@ class MemoryQueue:
         visibility_timeout: float = 30.0,
         max_receives: int = 5,
         max_message_bytes: int = 1024 * 1024,
-        time_source: Callable[[], float] = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.visibility_timeout = visibility_timeout
         self.max_receives = max_receives
         self._max_message_bytes = max_message_bytes
-        self._time = time_source
+        self._clock = clock or SystemClock()
         self._lock = threading.Condition()
         self._seq = itertools.count(1)
         self.messages: dict[str, _Entry] = {}
@@ -87,7 +70,7 @@ class MemoryQueue:
         with self._lock:
             for b in bodies:
                 mid = f"m{next(self._seq)}"
-                self.messages[mid] = _Entry(mid, bytes(b), sent_at=self._time())
+                self.messages[mid] = _Entry(mid, bytes(b), sent_at=self._clock.now().timestamp())
             self._lock.notify_all()
 
     def receive(self, max_messages: int, wait_seconds: float = 0.0) -> list[Message]:
@@ -102,7 +85,7 @@ class MemoryQueue:
                 self._lock.wait(min(remaining, 0.05))
 
     def _take(self, max_messages: int) -> list[Message]:
-        now = self._time()
+        now = self._clock.now().timestamp()
         out: list[Message] = []
         for mid in list(self.messages):
             if len(out) >= max_messages:
@@ -135,7 +118,7 @@ class MemoryQueue:
     def change_visibility(self, receipts: Sequence[str], timeout_seconds: float) -> None:
         self._guard()
         with self._lock:
-            now = self._time()
+            now = self._clock.now().timestamp()
             for r in receipts:
                 e = self._by_receipt(r)
                 if e is not None:
@@ -163,7 +146,7 @@ class MemoryQueue:
     def depth(self) -> QueueDepth:
         self._guard()
         with self._lock:
-            now = self._time()
+            now = self._clock.now().timestamp()
             visible = sum(1 for e in self.messages.values() if e.visible_at <= now)
             oldest = min((e.sent_at for e in self.messages.values()), default=now)
             waiting = [e.visible_at for e in self.messages.values() if e.visible_at > now]
@@ -199,19 +182,19 @@ class MemoryStorage:
         return None
 
 
-class MemoryKeyStore:
-    def __init__(self, keys: Sequence[StoredKey] = ()) -> None:
-        self.keys: dict[str, StoredKey] = {k.key_id: k for k in keys}
+class MemoryApiKeyStore:
+    def __init__(self, keys: Sequence[StoredApiKey] = ()) -> None:
+        self.keys: dict[str, StoredApiKey] = {k.key_id: k for k in keys}
 
-    def find(self, key_id: str) -> StoredKey | None:
+    def find(self, key_id: str) -> StoredApiKey | None:
         return self.keys.get(key_id)
 
-    def add(self, key: StoredKey) -> None:
+    def add(self, key: StoredApiKey) -> None:
         if key.key_id in self.keys:
             raise ValueError(f"key id {key.key_id} exists")
         self.keys[key.key_id] = key
 
-    def all(self) -> list[StoredKey]:
+    def all(self) -> list[StoredApiKey]:
         return sorted(self.keys.values(), key=lambda k: (k.created_at, k.key_id))
 
     def revoke(self, name_or_id: str) -> int:
@@ -221,3 +204,24 @@ class MemoryKeyStore:
                 self.keys[k.key_id] = replace(k, revoked=True)
                 n += 1
         return n
+
+
+if TYPE_CHECKING:  # conformance, checked by mypy; import-linter sees the implementer
+    from telemetry.domain.ports.api_keys import ApiKeyAdmin, ApiKeyLookup
+    from telemetry.domain.ports.consuming import MessageConsumer
+    from telemetry.domain.ports.dead_letters import DeadLetters
+    from telemetry.domain.ports.depth import QueueDepthProbe
+    from telemetry.domain.ports.health import HealthCheck
+    from telemetry.domain.ports.sending import MessageSender
+    from telemetry.domain.ports.storage import Storage
+
+    def _conforms_queue(x: MemoryQueue) -> tuple[
+        MessageSender, MessageConsumer, DeadLetters, HealthCheck, QueueDepthProbe
+    ]:
+        return (x, x, x, x, x)
+
+    def _conforms_storage(x: MemoryStorage) -> tuple[Storage, HealthCheck]:
+        return (x, x)
+
+    def _conforms_keys(x: MemoryApiKeyStore) -> tuple[ApiKeyLookup, ApiKeyAdmin]:
+        return (x, x)

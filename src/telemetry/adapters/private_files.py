@@ -21,8 +21,8 @@ def make_private_dir(directory: Path) -> bool:
     return True
 
 
-def make_private_dirs(directory: Path) -> None:
-    """mkdir -p, each folder made here mode 0700."""
+def missing_dirs(directory: Path) -> list[Path]:
+    """The folders `mkdir -p directory` would make, outermost first."""
     missing: list[Path] = []
     d = directory
     while not d.is_dir():
@@ -30,7 +30,12 @@ def make_private_dirs(directory: Path) -> None:
         if d.parent == d:
             break
         d = d.parent
-    for d in reversed(missing):
+    return missing[::-1]
+
+
+def make_private_dirs(directory: Path) -> None:
+    """mkdir -p, each folder made here mode 0700."""
+    for d in missing_dirs(directory):
         make_private_dir(d)
 
 

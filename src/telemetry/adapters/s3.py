@@ -162,3 +162,11 @@ def ensure_bucket(bucket: str, region: str, *, client: Any = None) -> bool:
                 raise
             return False
         return True
+
+
+if TYPE_CHECKING:  # conformance, checked by mypy; import-linter sees the implementer
+    from telemetry.domain.ports.health import HealthCheck
+    from telemetry.domain.ports.storage import Storage
+
+    def _conforms(x: S3Storage) -> tuple[Storage, HealthCheck]:
+        return (x, x)

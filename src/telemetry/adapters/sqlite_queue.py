@@ -51,14 +51,18 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.private_files import make_private_dirs, open_private
 from telemetry.domain.errors import QueueUnavailable
-from telemetry.domain.ports import Message, QueueDepth
+from telemetry.domain.ports.clock import Clock
+from telemetry.domain.ports.consuming import Message
+from telemetry.domain.ports.depth import QueueDepth
 
 _POLL_FIRST = 0.01  # long-poll interval, doubling up to _POLL_MAX while the queue stays empty
 _POLL_MAX = 0.1
@@ -235,7 +239,7 @@ class SqliteQueue:
         visibility_timeout: float = 30.0,
         max_receives: int = 5,
         max_message_bytes: int = 1024 * 1024,
-        time_source: Callable[[], float] = time.time,
+        clock: Clock | None = None,
         busy_timeout: float = 5.0,
     ) -> None:
         if visibility_timeout < 0:
@@ -248,7 +252,7 @@ class SqliteQueue:
         self._visibility_timeout = float(visibility_timeout)
         self.max_receives = max_receives
         self._max_message_bytes = max_message_bytes
-        self._time = time_source
+        self._clock = clock or SystemClock()
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         # Group commit of sends: callers queue in `_queued`; one of them at a time leads.
@@ -319,7 +323,7 @@ class SqliteQueue:
         if not pairs:
             return
         with self._transaction("IMMEDIATE", "change_visibility", _CLAIM_SYNCHRONOUS) as db:
-            visible_at = self._time() + max(0.0, timeout_seconds)
+            visible_at = self._clock.now().timestamp() + max(0.0, timeout_seconds)
             db.executemany(_CHANGE_VISIBILITY, ((visible_at, i, r) for i, r in pairs))
 
     def dead_letters(self, max_messages: int) -> list[Message]:
@@ -331,7 +335,7 @@ class SqliteQueue:
 
     def redrive(self) -> int:
         with self._transaction("IMMEDIATE", "redrive") as db:
-            moved = db.execute(_REDRIVE, (self._time(),)).rowcount
+            moved = db.execute(_REDRIVE, (self._clock.now().timestamp(),)).rowcount
             db.execute(_CLEAR_DEAD)
         return moved
 
@@ -343,7 +347,7 @@ class SqliteQueue:
 
     def depth(self) -> QueueDepth:
         with self._transaction(None, "depth") as db:
-            now = self._time()
+            now = self._clock.now().timestamp()
             visible, in_flight, dead, oldest = db.execute(_DEPTH, (now, now)).fetchone()
             last = db.execute("SELECT max(visible_at) FROM messages WHERE visible_at > ?",
                               (now,)).fetchone()[0]
@@ -376,7 +380,7 @@ class SqliteQueue:
                 # (behind a receive, another process, the previous group's fsync) ride along.
                 with self._group:
                     group, self._queued = self._queued, []
-                now = self._time()
+                now = self._clock.now().timestamp()
                 for member in group:
                     for body in member.bodies:
                         cur = db.execute(_SEND_STATE, (now,))
@@ -405,13 +409,13 @@ class SqliteQueue:
         # empty queue never queue up for the write lock behind the ingest's sends.
         with self._transaction(None, "receive") as db:
             # fetchall: a half-read cursor would hold its read snapshot open
-            if not db.execute(_PROBE, (self._time(),)).fetchall():
+            if not db.execute(_PROBE, (self._clock.now().timestamp(),)).fetchall():
                 return []
         with self._transaction("IMMEDIATE", "receive", _CLAIM_SYNCHRONOUS) as db:
             return self._claim(db, max_messages)
 
     def _claim(self, db: sqlite3.Connection, max_messages: int) -> list[Message]:
-        now = self._time()
+        now = self._clock.now().timestamp()
         visible_at = now + self._visibility_timeout
         # A receipt names the message, its receive count and this call: unique per receive
         # (a redriven message counts from 0 again, the call token still differs).
@@ -548,3 +552,16 @@ class SqliteQueue:
 def _is_busy(exc: BaseException) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+if TYPE_CHECKING:  # conformance, checked by mypy; import-linter sees the implementer
+    from telemetry.domain.ports.consuming import MessageConsumer
+    from telemetry.domain.ports.dead_letters import DeadLetters
+    from telemetry.domain.ports.depth import QueueDepthProbe
+    from telemetry.domain.ports.health import HealthCheck
+    from telemetry.domain.ports.sending import MessageSender
+
+    def _conforms(x: SqliteQueue) -> tuple[
+        MessageSender, MessageConsumer, DeadLetters, HealthCheck, QueueDepthProbe
+    ]:
+        return (x, x, x, x, x)

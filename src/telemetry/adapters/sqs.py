@@ -37,7 +37,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from telemetry.adapters.aws_client import make_client
 from telemetry.domain.errors import QueueUnavailable
-from telemetry.domain.ports import Message, QueueDepth
+from telemetry.domain.ports.consuming import Message
+from telemetry.domain.ports.depth import QueueDepth
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -151,9 +152,18 @@ def _chunks(entries: Sequence[_Entry]) -> Iterator[list[_Entry]]:
         yield group
 
 
+@dataclass(frozen=True, slots=True)
+class _Attributes:
+    max_message_bytes: int
+    visibility_timeout: float
+    dead_letter_arn: str | None
+    max_receives: int | None
+
+
 class SqsQueue:
     """A standard SQS queue. Its attributes (message size, visibility timeout, redrive policy)
-    are read once, at construction; a queue that does not answer then raises QueueUnavailable.
+    are read once: by `connect`, or at their first use; a queue that does not answer then raises
+    QueueUnavailable. Constructing one does no I/O.
     """
 
     def __init__(
@@ -186,21 +196,43 @@ class SqsQueue:
         # before the dead-letter queue is taken to be empty, it is asked with a long poll.
         self._dlq_wait = min(LONG_POLL_MAX_SECONDS, max(0, dead_letter_wait_seconds))
         self._sleep = sleep
-        with _translated(f"queue {queue_url}"):
-            attrs = self._client.get_queue_attributes(
-                QueueUrl=queue_url,
-                AttributeNames=["MaximumMessageSize", "VisibilityTimeout", "RedrivePolicy"],
-            ).get("Attributes", {})
-        self.queue_max_message_bytes = int(
-            attrs.get("MaximumMessageSize", DEFAULT_MAX_MESSAGE_BYTES)
-        )
-        self._visibility_timeout = float(attrs.get("VisibilityTimeout", 30))
-        policy = json.loads(attrs.get("RedrivePolicy") or "{}")
-        self.dead_letter_arn: str | None = policy.get("deadLetterTargetArn")
-        self.max_receives: int | None = (
-            int(policy["maxReceiveCount"]) if "maxReceiveCount" in policy else None
-        )
+        self._attributes: _Attributes | None = None
         self._dlq_url: str | None = None  # resolved on first use: workers never need it
+
+    @classmethod
+    def connect(cls, queue_url: str, **kwargs: Any) -> SqsQueue:
+        """A queue whose attributes are read now: a missing queue fails here, at startup."""
+        queue = cls(queue_url, **kwargs)
+        queue.load_attributes()
+        return queue
+
+    def load_attributes(self) -> _Attributes:
+        if self._attributes is None:
+            with _translated(f"queue {self.queue_url}"):
+                attrs = self._client.get_queue_attributes(
+                    QueueUrl=self.queue_url,
+                    AttributeNames=["MaximumMessageSize", "VisibilityTimeout", "RedrivePolicy"],
+                ).get("Attributes", {})
+            policy = json.loads(attrs.get("RedrivePolicy") or "{}")
+            self._attributes = _Attributes(
+                int(attrs.get("MaximumMessageSize", DEFAULT_MAX_MESSAGE_BYTES)),
+                float(attrs.get("VisibilityTimeout", 30)),
+                policy.get("deadLetterTargetArn"),
+                int(policy["maxReceiveCount"]) if "maxReceiveCount" in policy else None,
+            )
+        return self._attributes
+
+    @property
+    def queue_max_message_bytes(self) -> int:
+        return self.load_attributes().max_message_bytes
+
+    @property
+    def dead_letter_arn(self) -> str | None:
+        return self.load_attributes().dead_letter_arn
+
+    @property
+    def max_receives(self) -> int | None:
+        return self.load_attributes().max_receives
 
     # -------------------------------------------------------------- the port
 
@@ -211,7 +243,7 @@ class SqsQueue:
 
     @property
     def visibility_timeout(self) -> float:
-        return self._visibility_timeout
+        return self.load_attributes().visibility_timeout
 
     def send(self, bodies: Sequence[bytes]) -> None:
         limit = self.max_message_bytes
@@ -330,7 +362,7 @@ class SqsQueue:
         in_flight = int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
         # SQS does not say when a message in flight is visible again: at the latest one
         # visibility timeout from now, unless its receiver extends it.
-        by = (datetime.now(UTC) + timedelta(seconds=self._visibility_timeout)
+        by = (datetime.now(UTC) + timedelta(seconds=self.visibility_timeout)
               if in_flight else None)
         return QueueDepth(int(attrs.get("ApproximateNumberOfMessages", 0)), in_flight, dead,
                           None, by, exact=False)
@@ -513,3 +545,16 @@ def _create_or_update(sqs: SQSClient, name: str, attrs: dict[str, str]) -> str:
 def _arn(sqs: SQSClient, url: str) -> str:
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]
     return attrs["QueueArn"]
+
+
+if TYPE_CHECKING:  # conformance, checked by mypy; import-linter sees the implementer
+    from telemetry.domain.ports.consuming import MessageConsumer
+    from telemetry.domain.ports.dead_letters import DeadLetters
+    from telemetry.domain.ports.depth import QueueDepthProbe
+    from telemetry.domain.ports.health import HealthCheck
+    from telemetry.domain.ports.sending import MessageSender
+
+    def _conforms(x: SqsQueue) -> tuple[
+        MessageSender, MessageConsumer, DeadLetters, HealthCheck, QueueDepthProbe
+    ]:
+        return (x, x, x, x, x)

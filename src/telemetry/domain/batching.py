@@ -1,8 +1,8 @@
 """The batching policy: when a batch of one hour is flushed.
 
-A batch is flushed when it reaches max readings or max bytes, or when its first part is
+A batch is flushed when it reaches max readings or max bytes, or when its first envelope is
 max age old. There is one open batch per event-time hour, and at most `max_open_hours` of them:
-adding a part for a new hour beyond that flushes the batch opened earliest first.
+adding a envelope for a new hour beyond that flushes the batch opened earliest first.
 Pure: the caller passes monotonic time in.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from telemetry.domain.packing import Part
+from telemetry.domain.packing import Envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,20 +36,20 @@ class BatchPolicy:
 class Batch:
     hour: int
     opened_at: float
-    parts: list[Part] = field(default_factory=list)
+    envelopes: list[Envelope] = field(default_factory=list)
     readings: int = 0
     nbytes: int = 0
     extended_at: float | None = None  # when its messages' visibility was last extended
     name: str | None = None  # the file's name, fixed at the first write attempt
 
-    def add(self, part: Part) -> None:
-        self.parts.append(part)
-        self.readings += part.readings
-        self.nbytes += len(part.payload)
+    def add(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+        self.readings += envelope.readings
+        self.nbytes += len(envelope.payload)
 
     @property
     def receipts(self) -> list[str]:
-        return [p.receipt for p in self.parts]
+        return [p.receipt for p in self.envelopes]
 
 
 class Batcher:
@@ -57,18 +57,18 @@ class Batcher:
         self.policy = policy
         self._open: dict[int, Batch] = {}  # insertion order == opening order
 
-    def add(self, part: Part, now: float) -> list[Batch]:
-        """Add a part; return the batches that must be flushed now."""
+    def add(self, envelope: Envelope, now: float) -> list[Batch]:
+        """Add an envelope; return the batches that must be flushed now."""
         ready: list[Batch] = []
-        batch = self._open.get(part.hour)
+        batch = self._open.get(envelope.hour)
         if batch is None:
             if len(self._open) >= self.policy.max_open_hours:
                 oldest = next(iter(self._open))
                 ready.append(self._open.pop(oldest))
-            batch = self._open[part.hour] = Batch(part.hour, now)
-        batch.add(part)
+            batch = self._open[envelope.hour] = Batch(envelope.hour, now)
+        batch.add(envelope)
         if batch.readings >= self.policy.max_readings or batch.nbytes >= self.policy.max_bytes:
-            ready.append(self._open.pop(part.hour))
+            ready.append(self._open.pop(envelope.hour))
         return ready
 
     def due(self, now: float) -> list[Batch]:
@@ -82,7 +82,7 @@ class Batcher:
         batch = self._open.pop(hour, None)
         return [] if batch is None else [batch]
 
-    def drain(self) -> list[Batch]:
+    def take_all(self) -> list[Batch]:
         """Every open batch, for shutdown."""
         out = list(self._open.values())
         self._open.clear()

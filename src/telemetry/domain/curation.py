@@ -33,7 +33,8 @@ import msgspec
 
 from telemetry.domain import lake
 from telemetry.domain.errors import NotFound
-from telemetry.domain.ports import Clock, Storage
+from telemetry.domain.ports.clock import Clock
+from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record, encode_record, encode_records
 
 MANIFEST = "_manifest.json"

@@ -42,7 +42,7 @@ _raw_lines = msgspec.json.Decoder(msgspec.Raw)
 
 
 @dataclass(frozen=True, slots=True)
-class Part:
+class Envelope:
     """One unpacked envelope: the lines of one hour, and what latency needs."""
 
     hour: int
@@ -133,7 +133,7 @@ def _envelope(
     return b"".join((header, b"\n", partial, *lines))
 
 
-def unpack(body: bytes, receipt: str) -> Part:
+def unpack(body: bytes, receipt: str) -> Envelope:
     """Raise PoisonMessage when the body is not a well-formed envelope."""
     head, sep, payload = body.partition(b"\n")
     if not sep:
@@ -162,4 +162,4 @@ def unpack(body: bytes, receipt: str) -> Part:
     # padding): cheaper than counting the newlines, which cost as much as the decode.
     if len(values) != len(h.ts) or sum(map(len, values)) + len(values) != len(payload):
         raise PoisonMessage("envelope line count does not match its header")
-    return Part(h.hour, payload, len(h.ts), h.received_at, h.ts, receipt, partial)
+    return Envelope(h.hour, payload, len(h.ts), h.received_at, h.ts, receipt, partial)

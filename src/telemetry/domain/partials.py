@@ -55,7 +55,7 @@ class VehiclePartial(msgspec.Struct, array_like=True, frozen=True):
     signals: dict[str, SignalPartial]
 
 
-class Partial(msgspec.Struct, array_like=True, frozen=True):
+class EnvelopePartial(msgspec.Struct, array_like=True, frozen=True):
     """One envelope's statistics. `derived`: ingest derived every reading id from the
     reading's content, so equal ids mean equal readings."""
 
@@ -75,7 +75,7 @@ MIN_READINGS_PER_VEHICLE = 10
 
 _NUMERIC: frozenset[type] = frozenset((int, float))
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(Partial)
+_decoder = msgspec.json.Decoder(EnvelopePartial)
 _file_decoder = msgspec.json.Decoder(FilePartials)
 
 
@@ -97,7 +97,7 @@ def partial_line(
         for r in records:
             groups.setdefault(r.vehicle_id, []).append(r)
     try:
-        partial = Partial(derived, {vid: _vehicle(rs) for vid, rs in groups.items()})
+        partial = EnvelopePartial(derived, {vid: _vehicle(rs) for vid, rs in groups.items()})
     except OverflowError:
         return None
     return _encoder.encode(partial) + b"\n"
@@ -146,12 +146,12 @@ def read_partials(data: bytes, keys: Collection[str]) -> dict[str, list[msgspec.
     return {f.file: f.envelopes for f in _file_decoder.decode_lines(data) if f.file in keys}
 
 
-def distinct_partials(envelopes: Iterable[msgspec.Raw]) -> tuple[list[Partial], int] | None:
+def distinct_partials(envelopes: Iterable[msgspec.Raw]) -> tuple[list[EnvelopePartial], int] | None:
     """The envelopes' partials, one of each byte-identical pair whose ids were derived from
     content, and the number of lines they stand for (both of a pair); None when a reading
     identity still occurs twice (only the lines can settle it)."""
     seen: dict[bytes, tuple[int, bool]] = {}  # partial -> (its readings, derived)
-    partials: list[Partial] = []
+    partials: list[EnvelopePartial] = []
     lines = 0
     for raw in envelopes:
         key = bytes(raw)
@@ -168,17 +168,17 @@ def distinct_partials(envelopes: Iterable[msgspec.Raw]) -> tuple[list[Partial], 
     return (partials, lines) if len(set(ids)) == len(ids) else None
 
 
-def decode_partials(data: bytes) -> list[Partial]:
+def decode_partials(data: bytes) -> list[EnvelopePartial]:
     """Envelope partial lines; raises msgspec.DecodeError when they are not."""
     return _decoder.decode_lines(data)
 
 
-def ids_of(partials: Iterable[Partial]) -> list[Identity]:
+def ids_of(partials: Iterable[EnvelopePartial]) -> list[Identity]:
     """The identities of the readings behind `partials`."""
     return [(vid, rid) for p in partials for vid, vp in p.vehicles.items() for rid in vp.ids]
 
 
-def merge_partials(hour: datetime, partials: Iterable[Partial]) -> HourAggregate:
+def merge_partials(hour: datetime, partials: Iterable[EnvelopePartial]) -> HourAggregate:
     """The aggregate of the readings behind `partials`, which must be distinct by identity;
     mergeable with other partial aggregates of the hour (`HourAggregate.merge`)."""
     readings: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""Per-key token buckets: the ingest rate limit, as arithmetic on a time the caller passes in.
+"""Per-API-key token buckets: the ingest rate limit, as arithmetic on a time the caller passes in.
 
 Pure on purpose: no clock read, no lock. The HTTP app calls it from the event loop thread only,
 so there is no concurrent access to guard against, and tests drive time by hand.
@@ -45,11 +45,11 @@ class RateLimiter:
         self.burst = burst
         self._buckets: dict[str, TokenBucket] = {}
 
-    def take(self, key: str, now: float, cost: float = 1.0) -> float:
+    def take(self, key_id: str, now: float, cost: float = 1.0) -> float:
         """0.0 when the request may go ahead, else the seconds to wait before retrying."""
-        bucket = self._buckets.get(key)
+        bucket = self._buckets.get(key_id)
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self.burst, now)
+            bucket = self._buckets[key_id] = TokenBucket(self.rate, self.burst, self.burst, now)
         return bucket.take(now, cost)
 
     def __len__(self) -> int:

@@ -36,6 +36,12 @@ MAX_READING_ID = 128
 HARD_MAX_SIGNALS = 4096
 MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
 _FLOAT_MAX = 1.7976931348623157e308
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def epoch_ms(t: datetime) -> int:
+    return (t - _EPOCH) // _MS
 
 VehicleId = Annotated[
     str, msgspec.Meta(min_length=1, max_length=MAX_VEHICLE_ID, pattern=VEHICLE_ID_PATTERN)
@@ -74,7 +80,7 @@ class ReadingBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 # msgspec runs a Python `re` search per `pattern`-constrained string: 7 per typical reading, most
 # of the decode time. Ingest decodes into these twins of `Reading` without the patterns (every
-# other constraint stays in C) and then `check_patterns` runs each distinct name through the
+# other constraint stays in C) and then `check_identifiers` runs each distinct name through the
 # regex once. A miss raises the error msgspec would have raised, so the 422 path is unchanged.
 # `Reading` itself keeps every static rule for everyone else who decodes with it.
 _LooseVehicleId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_VEHICLE_ID)]
@@ -86,7 +92,7 @@ _LooseReadingId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_READI
 
 
 class WireReading(Reading, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """A `Reading` decoded without its patterns: valid only once `check_patterns` passed."""
+    """A `Reading` decoded without its patterns: valid only once `check_identifiers` passed."""
 
     vehicle_id: _LooseVehicleId
     signals: _LooseSignals
@@ -138,7 +144,7 @@ def _pattern_error(pattern: str, where: str) -> msgspec.ValidationError:
     return msgspec.ValidationError(f"Expected `str` matching regex {pattern!r} - at {where}")
 
 
-def check_patterns(readings: Sequence[WireReading], path: str) -> None:
+def check_identifiers(readings: Sequence[WireReading], path: str) -> None:
     """The pattern rules `WireReading` left out, with msgspec's error for the first break.
 
     `path` is where msgspec puts the readings: `$.readings` in a batch, `$` for NDJSON lines.

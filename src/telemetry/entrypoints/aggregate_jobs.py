@@ -2,7 +2,7 @@
 
 Aggregation is CPU-bound Python, so threads would not help. With at least as many hours as
 jobs, each process takes whole hours. With fewer, an hour's files are split over the processes
-and the partial results merged (`HourPart`, `combine_parts`), so a single-hour lake uses every
+and the partial results merged (`HourSlice`, `combine_slices`), so a single-hour lake uses every
 core too. Either way the result is byte for byte the one of a single process.
 
 Processes are forked: each makes its own service (storage client) with `make_service`, which is
@@ -21,14 +21,8 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from telemetry.domain.services import (
-    AggregateHours,
-    AggregateResult,
-    HourPart,
-    PartResult,
-    Todo,
-    shared_ids,
-)
+from telemetry.domain.aggregate import AggregateHours, AggregateResult, Todo
+from telemetry.domain.hour_slices import HourSlice, SliceResult, shared_ids
 from telemetry.entrypoints.progress import Progress
 
 MakeService = Callable[[], AggregateHours]
@@ -138,7 +132,7 @@ def _part(
     for c in inherited:  # the parent's ends of the pipes: only the parent may hold them
         c.close()
     try:
-        part = HourPart(make_service().storage, keys)
+        part = HourSlice(make_service().storage, keys)
         conn.send(part.ids())
         shared = conn.recv()
         if shared is not None:  # None: another part failed, the parent takes the hour
@@ -191,8 +185,8 @@ def split_hour(
                 p.join()
     if not results or _failed(results):  # the error, if any, raised here as in one process
         return service.hour(hour, keys)
-    parts: list[PartResult | None] = results
-    return service.hour_from_parts(hour, keys, parts)
+    parts: list[SliceResult | None] = results
+    return service.hour_from_slices(hour, keys, parts)
 
 
 def _failed(received: list[Any]) -> bool:

@@ -33,7 +33,7 @@ from telemetry.domain.readings import (
     Reading,
     WireBatch,
     WireReading,
-    check_patterns,
+    check_identifiers,
     describe_problems,
 )
 
@@ -186,7 +186,7 @@ async def read_body(receive: Receive, *, gzip: bool, max_wire: int, max_inflated
 # ------------------------------------------------------------------ decoding
 
 # The fast path decodes without the pattern constraints and checks names through a cache
-# (`check_patterns`): msgspec would run the regex for every string of every reading.
+# (`check_identifiers`): msgspec would run the regex for every string of every reading.
 _json_batch = msgspec.json.Decoder(WireBatch)
 _json_reading = msgspec.json.Decoder(WireReading)
 _msgpack_batch = msgspec.msgpack.Decoder(WireBatch)
@@ -253,10 +253,10 @@ def decode(fmt: str, body: Body) -> Sequence[Reading]:
     try:
         if fmt == NDJSON:
             lines = _json_reading.decode_lines(body)
-            check_patterns(lines, "$")
+            check_identifiers(lines, "$")
             return lines
         batch = (_msgpack_batch if fmt == MSGPACK else _json_batch).decode(body)
-        check_patterns(batch.readings, "$.readings")
+        check_identifiers(batch.readings, "$.readings")
         return batch.readings
     except msgspec.ValidationError:
         raise

@@ -18,10 +18,10 @@ from typing import Any
 
 from telemetry import __version__
 from telemetry.adapters.private_files import make_private_dirs, open_to_others
+from telemetry.domain.api_keys import format_key, new_stored_key
 from telemetry.domain.errors import QueueUnavailable
-from telemetry.domain.keys import format_key, new_stored_key
 from telemetry.domain.lake import format_hour, parse_hour
-from telemetry.domain.ports import QueueDepth, QueueDepthProbe
+from telemetry.domain.ports.depth import QueueDepth, QueueDepthProbe
 from telemetry.entrypoints import logs, simulate
 from telemetry.entrypoints.container import check_backends, create_container
 from telemetry.entrypoints.logs import event
@@ -191,7 +191,7 @@ def _report_once(queue: Any, stats: Any) -> QueueDepth | None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> int:
-    from telemetry.domain.services import AggregateHours
+    from telemetry.domain.aggregate import AggregateHours
     from telemetry.entrypoints import aggregate_jobs
 
     jobs = aggregate_jobs.default_jobs() if args.jobs is None else args.jobs

@@ -11,15 +11,17 @@ from typing import Any
 
 from dependency_injector import containers, providers
 
+from telemetry.adapters.api_key_file import FileApiKeyStore
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.filesystem import FilesystemStorage
-from telemetry.adapters.keystore_file import FileKeyStore
-from telemetry.adapters.memory import MemoryKeyStore, MemoryQueue, MemoryStorage
+from telemetry.adapters.memory import MemoryApiKeyStore, MemoryQueue, MemoryStorage
 from telemetry.adapters.sqlite_queue import SqliteQueue
+from telemetry.domain.accept import AcceptReadings
+from telemetry.domain.aggregate import AggregateHours
+from telemetry.domain.api_keys import Authenticator
 from telemetry.domain.batching import BatchPolicy
-from telemetry.domain.keys import Authenticator
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.readings import ReadingRules
-from telemetry.domain.services import AcceptReadings, AggregateHours, DrainBatches
 from telemetry.entrypoints import crashpoints
 from telemetry.entrypoints.settings import ConfigError, Settings
 
@@ -33,7 +35,7 @@ def _sqs_queue(**kwargs: Any) -> Any:
 
     url = kwargs.get("queue_url")
     try:
-        return SqsQueue(**kwargs)
+        return SqsQueue.connect(**kwargs)
     except AwsSetupError as exc:
         raise ConfigError(str(exc)) from None
     except QueueUnavailable as exc:
@@ -103,8 +105,8 @@ class Container(containers.DeclarativeContainer):
 
     keys = providers.Selector(
         config.key_store,
-        file=providers.Singleton(FileKeyStore, config.keys_path),
-        memory=providers.Singleton(MemoryKeyStore),
+        file=providers.Singleton(FileApiKeyStore, config.keys_path),
+        memory=providers.Singleton(MemoryApiKeyStore),
     )
 
     rules = providers.Singleton(

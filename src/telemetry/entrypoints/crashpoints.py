@@ -26,9 +26,13 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from telemetry.domain.ports import Message, Queue, Storage
+from telemetry.domain.ports.consuming import Message, MessageConsumer
+from telemetry.domain.ports.dead_letters import DeadLetters
+from telemetry.domain.ports.health import HealthCheck
+from telemetry.domain.ports.sending import MessageSender
+from telemetry.domain.ports.storage import Storage
 from telemetry.entrypoints.settings import ConfigError
 
 ENV = "TELEMETRY_TEST_CRASH_AT"
@@ -81,6 +85,10 @@ def from_env(environ: Mapping[str, str] | None = None) -> CrashAt | None:
     if n < 1:
         raise ConfigError(f"{ENV}={text!r}: nth must be a whole number from 1")
     return CrashAt(point, n)
+
+
+class Queue(MessageSender, MessageConsumer, DeadLetters, HealthCheck, Protocol):
+    """Every role a queue adapter plays, for a wrapper that forwards them all."""
 
 
 class CrashingQueue:

@@ -28,7 +28,7 @@ import httpx
 
 from telemetry.domain import lake
 from telemetry.domain.aggregation import decode_aggregate_lines
-from telemetry.domain.keys import format_key, new_stored_key
+from telemetry.domain.api_keys import format_key, new_stored_key
 from telemetry.domain.readings import Record
 from telemetry.entrypoints import logs, report
 from telemetry.entrypoints.aggregate_jobs import with_progress

@@ -465,12 +465,13 @@ def create_apps(
             raise
         seen.readings = len(readings)
         try:
-            ids, messages = accept.prepare(readings, principal)
+            accepted = accept.execute(readings, principal)
         except InvalidReadings as exc:
             raise bodies.Unprocessable(exc.problems, len(readings)) from None
         except Forbidden as exc:
             raise Rejected(403, "forbidden", str(exc)) from None
-        await enqueue(messages)
+        await enqueue(accepted.messages)
+        ids = accepted.reading_ids
         stats.request(202, "accepted")
         stats.accepted.inc(amount=len(ids))
         return Response(

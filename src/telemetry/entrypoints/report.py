@@ -35,7 +35,7 @@ from telemetry.domain import lake
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.errors import NotFound, QueueUnavailable, StorageUnavailable
 from telemetry.domain.latency import LatencyDistribution
-from telemetry.domain.ports import Storage
+from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record
 from telemetry.domain.triggers import TriggerResult
 from telemetry.domain.worker_state import format_time

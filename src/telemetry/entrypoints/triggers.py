@@ -25,7 +25,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from telemetry.domain.errors import NotFound, QueueUnavailable, StorageUnavailable
-from telemetry.domain.ports import QueueDepth, QueueDepthProbe, Storage
+from telemetry.domain.ports.depth import QueueDepth, QueueDepthProbe
+from telemetry.domain.ports.storage import Storage
 from telemetry.domain.triggers import (
     Measured,
     Measurements,

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from telemetry.domain.drain import DrainBatches, FileWritten, PollResult
 from telemetry.domain.errors import QueueUnavailable, StorageUnavailable
 from telemetry.domain.latency import LatencyDistribution
-from telemetry.domain.services import DrainBatches, FileWritten, PollResult
 from telemetry.entrypoints.logs import event
 
 log = logging.getLogger("telemetry.worker")
@@ -215,7 +215,7 @@ class Worker:
 
     def _give_up(self, exc: Exception) -> None:
         # Not deleted, so the messages come back; released, they come back at once.
-        held = sum(len(b.parts) for b in self.drain.held)
+        held = sum(len(b.envelopes) for b in self.drain.held)
         try:
             released = self.drain.release()
         except FAULTS:

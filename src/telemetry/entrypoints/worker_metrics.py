@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from telemetry.domain.drain import FileWritten, PollResult
 from telemetry.domain.errors import QueueUnavailable
 from telemetry.domain.latency import LatencyDistribution
-from telemetry.domain.ports import QueueDepth
-from telemetry.domain.services import FileWritten, PollResult
+from telemetry.domain.ports.depth import QueueDepth
 
 log = logging.getLogger("telemetry.worker")
 

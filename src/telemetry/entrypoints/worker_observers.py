@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from telemetry.domain.ports import QueueDepthProbe
-from telemetry.domain.services import DrainBatches, FileWritten, PollResult
+from telemetry.domain.drain import DrainBatches, FileWritten, PollResult
+from telemetry.domain.ports.depth import QueueDepthProbe
 from telemetry.entrypoints.ops_server import OpsServer
 from telemetry.entrypoints.progress import Progress
 from telemetry.entrypoints.settings import ConfigError, Settings

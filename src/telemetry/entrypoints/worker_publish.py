@@ -10,9 +10,9 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
+from telemetry.domain.drain import FileWritten, PollResult
 from telemetry.domain.errors import StorageUnavailable
-from telemetry.domain.ports import Storage
-from telemetry.domain.services import FileWritten, PollResult
+from telemetry.domain.ports.storage import Storage
 from telemetry.domain.worker_state import WorkerState, state_key, worker_name
 from telemetry.entrypoints.logs import event
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from telemetry.domain.ports import KeyStore, StoredKey
+from telemetry.domain.ports.api_keys import ApiKeyLookup, StoredApiKey
 from telemetry.domain.readings import VEHICLE_ID_PATTERN
 
 _KEY_RE = re.compile(r"^tk_([a-f0-9]{16})_([A-Za-z0-9_-]{43})$")
@@ -38,7 +38,7 @@ def parse_key(text: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def check_patterns(patterns: list[str]) -> tuple[str, ...]:
+def parse_vehicle_patterns(patterns: list[str]) -> tuple[str, ...]:
     """Validate vehicle patterns: `*`, `prefix*` or an exact vehicle id."""
     out: list[str] = []
     for raw in patterns:
@@ -69,16 +69,16 @@ class Principal:
 
 def new_stored_key(
     key_id: str, secret: str, name: str, vehicles: list[str], now: datetime
-) -> StoredKey:
+) -> StoredApiKey:
     if not name or len(name) > 128:
         raise ValueError("a key name must have 1-128 characters")
-    return StoredKey(key_id, name, hash_secret(secret), check_patterns(vehicles), now)
+    return StoredApiKey(key_id, name, hash_secret(secret), parse_vehicle_patterns(vehicles), now)
 
 
 class Authenticator:
     """Turn an `X-API-Key` value into a Principal, or None. Never says why."""
 
-    def __init__(self, keys: KeyStore) -> None:
+    def __init__(self, keys: ApiKeyLookup) -> None:
         self._keys = keys
 
     def authenticate(self, presented: str | None) -> Principal | None:

@@ -1,6 +1,6 @@
 """The KeyStore port on a JSON file, shared by the running server and the `telemetry keys` CLI.
 
-The file holds what `StoredKey` holds: key ids, names, sha256 hashes of the secrets, vehicle
+The file holds what `StoredApiKey` holds: key ids, names, sha256 hashes of the secrets, vehicle
 patterns, creation times, revocation flags; never a key in clear. Its mode is 0600.
 
 - Writes (add, revoke) run under an exclusive `flock` on a lock file next to it (the data file
@@ -31,10 +31,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telemetry.adapters.private_files import make_private_dirs, open_private
-from telemetry.domain.ports import StoredKey
+from telemetry.domain.ports.api_keys import StoredApiKey
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _signature(st: os.stat_result) -> _Signature:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _to_json(k: StoredKey) -> dict[str, Any]:
+def _to_json(k: StoredApiKey) -> dict[str, Any]:
     return {
         "key_id": k.key_id,
         "name": k.name,
@@ -58,7 +58,7 @@ def _to_json(k: StoredKey) -> dict[str, Any]:
     }
 
 
-def _from_json(d: Any) -> StoredKey:
+def _from_json(d: Any) -> StoredApiKey:
     if not isinstance(d, dict):
         raise TypeError("a key record must be an object")
     vehicles = d["vehicles"]
@@ -70,7 +70,7 @@ def _from_json(d: Any) -> StoredKey:
     created_at = datetime.fromisoformat(d["created_at"])
     if created_at.tzinfo is None:
         raise ValueError("created_at has no UTC offset")
-    return StoredKey(
+    return StoredApiKey(
         key_id=d["key_id"],
         name=d["name"],
         secret_hash=d["secret_hash"],
@@ -80,26 +80,26 @@ def _from_json(d: Any) -> StoredKey:
     )
 
 
-class FileKeyStore:
+class FileApiKeyStore:
     def __init__(self, path: str | Path, *, reload_interval: float = 1.0) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.reload_interval = reload_interval
         self._mutex = threading.Lock()  # flock locks per open file, not per thread
-        self._keys: dict[str, StoredKey] = {}
+        self._keys: dict[str, StoredApiKey] = {}
         self._signature: _Signature | None = None
         self._loaded = False
         self._checked_at = -float("inf")
 
     # -------------------------------------------------------------- the port
 
-    def find(self, key_id: str) -> StoredKey | None:
+    def find(self, key_id: str) -> StoredApiKey | None:
         return self._current().get(key_id)
 
-    def all(self) -> list[StoredKey]:
+    def all(self) -> list[StoredApiKey]:
         return sorted(self._current().values(), key=lambda k: (k.created_at, k.key_id))
 
-    def add(self, key: StoredKey) -> None:
+    def add(self, key: StoredApiKey) -> None:
         with self._writing() as keys:
             if key.key_id in keys:
                 raise ValueError(f"key id {key.key_id} exists")
@@ -116,7 +116,7 @@ class FileKeyStore:
 
     # -------------------------------------------------------------- reading
 
-    def _current(self) -> dict[str, StoredKey]:
+    def _current(self) -> dict[str, StoredApiKey]:
         with self._mutex:
             now = time.monotonic()
             if self._loaded and now - self._checked_at < self.reload_interval:
@@ -141,7 +141,7 @@ class FileKeyStore:
         except FileNotFoundError:
             return None
 
-    def _read(self) -> tuple[dict[str, StoredKey], _Signature | None]:
+    def _read(self) -> tuple[dict[str, StoredApiKey], _Signature | None]:
         """The keys in the file and the file's signature; no file is no keys."""
         try:
             f = open(self.path, "rb")  # noqa: SIM115 - fstat of the very file read
@@ -157,7 +157,7 @@ class FileKeyStore:
             raise ValueError('expected an object with a "keys" list')
         if doc.get("version", FORMAT_VERSION) != FORMAT_VERSION:
             raise ValueError(f"unknown format version {doc.get('version')!r}")
-        keys: dict[str, StoredKey] = {}
+        keys: dict[str, StoredApiKey] = {}
         for record in doc["keys"]:
             k = _from_json(record)
             keys[k.key_id] = k
@@ -166,7 +166,7 @@ class FileKeyStore:
     # -------------------------------------------------------------- writing
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[dict[str, StoredKey]]:
+    def _writing(self) -> Iterator[dict[str, StoredApiKey]]:
         """The current keys, read under the cross-process lock, to change in place; written
         back atomically when the block ends without an error."""
         with self._mutex:
@@ -190,7 +190,7 @@ class FileKeyStore:
             finally:
                 os.close(fd)  # releases the flock
 
-    def _write(self, keys: dict[str, StoredKey]) -> _Signature:
+    def _write(self, keys: dict[str, StoredApiKey]) -> _Signature:
         doc = {"version": FORMAT_VERSION, "keys": [_to_json(k) for k in keys.values()]}
         data = (json.dumps(doc, indent=2) + "\n").encode()
         tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(8)}.tmp")
@@ -215,3 +215,10 @@ class FileKeyStore:
         finally:
             os.close(dfd)
         return sig
+
+
+if TYPE_CHECKING:  # conformance, checked by mypy; import-linter sees the implementer
+    from telemetry.domain.ports.api_keys import ApiKeyAdmin, ApiKeyLookup
+
+    def _conforms(x: FileApiKeyStore) -> tuple[ApiKeyLookup, ApiKeyAdmin]:
+        return (x, x)

@@ -5,7 +5,7 @@ One server serves the whole test run (starting one costs a second or two); tests
 each other's way with unique queue and bucket names. Use the fixtures by assigning them in a
 test module or conftest (an import would trip ruff's F811 where they are used):
 
-    from tests import moto_server
+    from tests.support import moto as moto_server
     aws = moto_server.aws                      # parametrized: mock_aws, moto_server
     moto_server_url = moto_server.moto_server_url
 
@@ -39,7 +39,7 @@ from telemetry.entrypoints.aws import (
 )
 
 REGION = "us-east-1"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLOCK_PATH = "/_tests/sqs-clock"
 _DROPPED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _server: MotoServer | None = None
@@ -101,7 +101,7 @@ def shared_server_url() -> str:
     global _server  # noqa: PLW0603 - one server per test process is the point
     if _server is None:
         server = MotoServer(
-            launch="import sys; from tests.moto_server import serve_with_clock; "
+            launch="import sys; from tests.support.moto import serve_with_clock; "
             "serve_with_clock(sys.argv[1:])",
             cwd=ROOT,
         )

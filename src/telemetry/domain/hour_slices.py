@@ -1,0 +1,118 @@
+"""An hour's raw files split into slices, aggregated a slice at a time and combined exactly."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import compress
+from operator import attrgetter
+from typing import Any
+
+import msgspec
+
+from telemetry.domain.aggregation import HourAggregate, Identity, RawDecoder, aggregate_lean
+from telemetry.domain.ports.storage import Storage
+
+
+def read_raw(storage: Storage, key: str) -> bytes:
+    data = storage.get(key)
+    return gzip.decompress(data) if key.endswith(".gz") else data
+
+
+def _decode_raw(decoder: RawDecoder, key: str, data: bytes) -> list[Any]:
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
+
+
+class HourSlice:
+    """Some of an hour's raw files, decoded into lean records (all of them, for one pass).
+
+    An hour split into slices is aggregated a slice at a time (in parallel, by the caller):
+    `ids()` of every slice go to `shared_ids`, and `finish` leaves those out of the slice's
+    partial, handing over their copies instead, so `combine_slices` settles each such reading
+    once, by the same rule as one pass. Partials merge exactly (see `aggregation`), so the
+    result is the one-pass aggregate whatever the split.
+    """
+
+    def __init__(self, storage: Storage, keys: Sequence[str]) -> None:
+        self._decode(storage, keys)
+
+    def _decode(self, storage: Storage, keys: Sequence[str]) -> None:
+        decoder = RawDecoder()
+        blobs: list[tuple[str, bytes]] = []
+        lean: list[Any] = []
+        for key in keys:
+            data = read_raw(storage, key)
+            blobs.append((key, data))
+            lean.extend(_decode_raw(decoder, key, data))
+        if decoder.generation > 1:  # a later file brought new signal names: one Struct for all
+            lean = [r for key, data in blobs for r in _decode_raw(decoder, key, data)]
+        self.records = lean
+        self.names = decoder.names
+        self.raw = len(lean)
+
+    def aggregate(
+        self, hour: datetime, skip: Collection[Identity] = (), *, mergeable: bool = False
+    ) -> HourAggregate | None:
+        return aggregate_lean(hour, self.records, self.names, skip, mergeable=mergeable)
+
+    def ids(self) -> list[Identity]:
+        """The identities, `(vehicle_id, reading_id)`, of this slice's records."""
+        return list(zip(map(_by_vehicle_id, self.records), map(_by_reading_id, self.records),
+                        strict=True))
+
+    def finish(self, hour: datetime, shared: Collection[Identity]) -> SliceResult | None:
+        """The partial without the `shared` identities, ready to send; None when this slice alone
+        cannot settle one of its own readings (the caller then aggregates the whole hour)."""
+        agg = self.aggregate(hour, shared, mergeable=True)
+        if agg is None:
+            return None
+        mine = compress(self.records, map(shared.__contains__, self.ids()))
+        copies = b"".join(_lean_encoder.encode(r) + b"\n" for r in mine)
+        return SliceResult(self.raw, agg, copies)
+
+
+@dataclass(frozen=True, slots=True)
+class SliceResult:
+    raw: int
+    aggregate: HourAggregate
+    copies: bytes  # lean lines of the shared identities found in this slice
+
+
+_by_reading_id = attrgetter("reading_id")
+_by_vehicle_id = attrgetter("vehicle_id")
+_lean_encoder = msgspec.json.Encoder()
+
+
+def shared_ids(slices: Iterable[Iterable[Identity]]) -> set[Identity]:
+    """The reading identities found in more than one slice."""
+    seen: set[Identity] = set()
+    shared: set[Identity] = set()
+    for ids in slices:
+        mine = set(ids)
+        shared |= seen & mine
+        seen |= mine
+    return shared
+
+
+def combine_slices(
+    hour: datetime, results: Sequence[SliceResult | None]
+) -> tuple[int, HourAggregate] | None:
+    """Raw line count and aggregate of the hour from its slices' results; None when they
+    cannot settle it (a slice could not, or copies of a shared reading tie)."""
+    done = [r for r in results if r is not None]
+    if len(done) < len(results):
+        return None
+    decoder = RawDecoder()
+    copies = b"".join(r.copies for r in done)
+    merged = aggregate_lean(hour, decoder.decode(copies) if copies else [], decoder.names,
+                            mergeable=True)
+    if merged is None:
+        return None
+    for r in done:
+        merged = merged.merge(r.aggregate)
+    return sum(r.raw for r in done), merged
