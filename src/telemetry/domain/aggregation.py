@@ -418,8 +418,8 @@ def aggregate_lean(
     if not keep:
         return out
     # A Python step per vehicle and signal, none per value: each column is read once in
-    # decode order (the order the objects lie in memory; reading them in vehicle order costs
-    # a cache miss per value, three times slower), unboxed into an array where it is all
+    # decode order (the order the objects lie in memory: decode order is memory order, and
+    # vehicle order would miss the cache per value), unboxed into an array where it is all
     # floats or all ints, then put in vehicle order with one permutation of the kept
     # positions (which also drops the duplicates), so that each vehicle's values are a slice
     # for the C builtins (min, max, fsum).
@@ -527,8 +527,7 @@ _CHUNK = 4096
 
 def _duplicated(ids: list[Identity]) -> set[Identity]:
     """The identities that occur more than once. Chunk by chunk, so that most set work happens in a
-    set small enough for the cache: one dict of all ids with their positions costs twice as
-    much."""
+    set small enough for the cache, rather than one dict of all ids with their positions."""
     seen: set[Identity] = set()
     dup: set[Identity] = set()
     for a in range(0, len(ids), _CHUNK):

@@ -268,8 +268,7 @@ class DrainBatches:
         # Named once, at the first attempt: a retry after a put that failed but may have landed
         # (an S3 timeout) overwrites that file instead of storing the readings a second time.
         # Named by its messages' receipts, which every queue makes unique per receive: as
-        # unique as a hash of the content, at a hundredth of the bytes (hashing 8 MiB of
-        # content was 12 ms a file, 15% of the worker's time).
+        # unique as a hash of the content, and far fewer bytes to hash (docs/benchmarks.md).
         if batch.name is None:
             receipts = "\n".join(batch.receipts).encode()
             digest = hashlib.blake2b(receipts, digest_size=10).hexdigest()

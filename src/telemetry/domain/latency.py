@@ -50,7 +50,7 @@ class LatencyDistribution:
         self.max_ms = max(self.max_ms, ms)
 
     def add_many(self, values_ms: Iterable[float]) -> None:
-        # The worker adds one value per reading (hundreds of thousands a second), so the
+        # The worker adds one value per reading, so the
         # per-value log() is replaced by one C sort and a walk over the buckets the values span:
         # _bucket is monotonic, so a bucket's values are a contiguous run of the sorted list,
         # found by bisecting on its float edge and then settled with _bucket itself, so each
