@@ -55,7 +55,7 @@ def _lake(backend: str, tmp_path: Path, env: dict[str, str]) -> Iterator[Storage
     if backend == "filesystem":
         yield FilesystemStorage(tmp_path / "data" / "lake")
         return
-    from tests import moto_server
+    from tests.support import moto as moto_server
 
     with moto_server.aws_target("moto_server") as target:
         storage = target.storage("fleet")

@@ -133,10 +133,20 @@ def _killed_at(root: Path, point: str, data: bytes) -> int:
         if p == point:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    class Killable(FilesystemStorage):
+        def _write_chunk(self, fd: int, chunk: memoryview) -> int:
+            written = super()._write_chunk(fd, chunk)
+            step("storage.mid_write")
+            return written
+
+        def _publish(self, tmp: Path, target: Path) -> None:
+            step("storage.before_rename")
+            super()._publish(tmp, target)
+
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            FilesystemStorage(root, step=step).put(KEY, data)
+            Killable(root).put(KEY, data)
         finally:
             os._exit(0)
     return os.waitpid(pid, 0)[1]

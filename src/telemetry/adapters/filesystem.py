@@ -28,7 +28,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,12 +37,8 @@ from telemetry.adapters.private_files import make_private_dir, missing_dirs, ope
 from telemetry.domain.errors import NotFound, StorageUnavailable
 
 _NOT_AN_OBJECT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
-# Bounded writes; between two of them is also where the crash tests kill a write half done.
+# Bounded writes.
 _WRITE_CHUNK = 256 * 1024
-
-
-def _no_step(point: str) -> None:
-    """The default step hook: nothing (crash tests install one that kills the process)."""
 
 
 def _segments(key: str, *, what: str = "key") -> list[str]:
@@ -77,11 +73,9 @@ class FilesystemStorage:
         root: str | Path,
         *,
         stale_temp_seconds: float = 3600.0,
-        step: Callable[[str], None] = _no_step,
     ) -> None:
         self.root = Path(root)
         self.stale_temp_seconds = stale_temp_seconds
-        self._step = step  # called at named points inside put; see entrypoints/crashpoints.py
         with self._translated("create the lake directory", self.root):
             self._make_dirs(self.root)
 
@@ -99,13 +93,11 @@ class FilesystemStorage:
                 try:
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(fd, view[:_WRITE_CHUNK]) :]
-                        self._step("storage.mid_write")
+                        view = view[self._write_chunk(fd, view[:_WRITE_CHUNK]) :]
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                self._step("storage.before_rename")
-                os.replace(tmp, target)
+                self._publish(tmp, target)
             except BaseException:
                 with contextlib.suppress(OSError):  # not created, or already renamed
                     os.unlink(tmp)
@@ -159,6 +151,14 @@ class FilesystemStorage:
                 raise OSError(errno.ENOSPC, "no space left on device")
 
     # -------------------------------------------------------------- internals
+
+    def _write_chunk(self, fd: int, chunk: memoryview) -> int:
+        """One bounded write of `put`; returns how many bytes it wrote."""
+        return os.write(fd, chunk)
+
+    def _publish(self, tmp: Path, target: Path) -> None:
+        """Make a fully written temporary file the object, atomically."""
+        os.replace(tmp, target)
 
     def _walk(self, directory: Path, base: str) -> Iterator[str]:
         try:

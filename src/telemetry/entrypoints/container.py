@@ -171,6 +171,6 @@ def _install_crashpoints(container: Container, crash: crashpoints.CrashAt) -> No
     queue = container.queue()
     storage = container.storage()
     if isinstance(storage, FilesystemStorage):
-        storage = FilesystemStorage(storage.root, step=crash.step)
+        storage = crashpoints.KillableFilesystemStorage(storage.root, crash)
     container.queue.override(providers.Object(crashpoints.CrashingQueue(queue, crash)))
     container.storage.override(providers.Object(crashpoints.CrashingStorage(storage, crash)))

@@ -26,8 +26,10 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
+from telemetry.adapters.filesystem import FilesystemStorage
 from telemetry.domain.ports.consuming import Message, MessageConsumer
 from telemetry.domain.ports.dead_letters import DeadLetters
 from telemetry.domain.ports.health import HealthCheck
@@ -89,6 +91,24 @@ def from_env(environ: Mapping[str, str] | None = None) -> CrashAt | None:
 
 class Queue(MessageSender, MessageConsumer, DeadLetters, HealthCheck, Protocol):
     """Every role a queue adapter plays, for a wrapper that forwards them all."""
+
+
+class KillableFilesystemStorage(FilesystemStorage):
+    """The filesystem lake, with the points inside `put`: after a chunk is written, and
+    before the temporary file is renamed over the object."""
+
+    def __init__(self, root: str | Path, crash: CrashAt) -> None:
+        super().__init__(root)
+        self._crash = crash
+
+    def _write_chunk(self, fd: int, chunk: memoryview) -> int:
+        written = super()._write_chunk(fd, chunk)
+        self._crash.step("storage.mid_write")
+        return written
+
+    def _publish(self, tmp: Path, target: Path) -> None:
+        self._crash.step("storage.before_rename")
+        super()._publish(tmp, target)
 
 
 class CrashingQueue:
