@@ -105,8 +105,8 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
 def endpoint() -> Iterator[FaultyEndpoint]:
     """A fault-injecting proxy in front of the shared moto server (tests/e2e/faulty_endpoint.py),
     closed after the test."""
-    from tests.support import moto as moto_server
     from tests.e2e.faulty_endpoint import FaultyEndpoint
+    from tests.support import moto as moto_server
 
     e = FaultyEndpoint(moto_server.shared_server_url())
     e.up()
