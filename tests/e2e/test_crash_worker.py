@@ -34,6 +34,7 @@ from telemetry.entrypoints import crashpoints
 from telemetry.entrypoints.container import create_container
 from telemetry.entrypoints.settings import ConfigError, Settings
 from tests.e2e.conftest import Pipeline
+from tests.support import crash
 
 pytestmark = pytest.mark.e2e
 
@@ -295,3 +296,19 @@ def test_crash_points_are_off_unless_the_variable_is_set(
 def test_a_bad_crash_point_names_the_variable(bad: str) -> None:
     with pytest.raises(ConfigError, match=CRASH_ENV):
         crashpoints.from_env({CRASH_ENV: bad})
+
+
+def test_the_launcher_wraps_only_what_it_is_told_to(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    container = create_container(settings)
+    crash.install(container, crash.parse_crash_at("storage.mid_write:3"))
+    assert isinstance(container.queue(), crash.CrashingQueue)
+    storage = container.storage()
+    assert isinstance(storage, crash.CrashingStorage)
+    assert isinstance(storage._inner, crash.KillableFilesystemStorage)
+
+
+@pytest.mark.parametrize("bad", ["worker.nowhere", "worker.after_receive:0", "storage.mid_write:x"])
+def test_a_bad_crash_point_is_named(bad: str) -> None:
+    with pytest.raises(ValueError, match="crash point"):
+        crash.parse_crash_at(bad)
