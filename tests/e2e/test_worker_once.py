@@ -44,13 +44,16 @@ def test_once_reports_what_a_killed_worker_left_and_wait_drains_it(tmp_path: Pat
     assert [m.body for m in strict.receive(10)] == [b"not an envelope"]
     assert strict.receive(10) == []
     strict.close()
-    accept = create_container(settings, key_store="memory").accept_readings()
+    container = create_container(settings, key_store="memory")
+    accept = container.accept_readings()
     now = datetime.now(UTC).replace(microsecond=0)
     ids: list[str] = []
     for m in range(5):  # five requests, five messages
         readings = [Reading(f"car-{m}", now - timedelta(seconds=i), {"Vehicle.Speed": float(i)})
                     for i in range(10)]
-        ids.extend(accept.execute(readings, None).reading_ids)
+        accepted = accept.execute(readings, None)
+        container.queue().send(accepted.messages)
+        ids.extend(accepted.reading_ids)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
     env.update(TELEMETRY_DATA_DIR=str(tmp_path), TELEMETRY_VISIBILITY_TIMEOUT=str(VT))
     # A worker claims three messages and is killed before it writes anything.
