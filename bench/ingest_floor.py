@@ -35,7 +35,7 @@ from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.accept import AcceptReadings
 from telemetry.domain.readings import ReadingRules
-from telemetry.entrypoints import bodies as wire
+from telemetry.entrypoints.http import bodies as wire
 from telemetry.entrypoints.settings import Settings
 
 _BARE_APP = '''

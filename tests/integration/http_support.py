@@ -19,7 +19,7 @@ from litestar.testing import TestClient
 from telemetry.adapters.memory import MemoryQueue
 from telemetry.domain.api_keys import format_key, new_stored_key
 from telemetry.entrypoints.container import Container, create_container
-from telemetry.entrypoints.http import create_apps
+from telemetry.entrypoints.http.app import create_apps
 from telemetry.entrypoints.settings import Settings
 
 KEY_ID, SECRET = "0123456789abcdef", "s" * 43

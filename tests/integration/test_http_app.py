@@ -18,7 +18,8 @@ from litestar.testing import TestClient
 from telemetry.domain.api_keys import format_key
 from telemetry.domain.readings import derive_reading_id
 from telemetry.entrypoints.container import Container
-from telemetry.entrypoints.http import READY_CACHE_SECONDS, _Sender
+from telemetry.entrypoints.http.operations import READY_CACHE_SECONDS
+from telemetry.entrypoints.http.sender import Sender
 from telemetry.entrypoints.logs import _JsonFormatter, _TextFormatter
 from telemetry.entrypoints.settings import MiB, Settings
 from tests.integration.http_support import (
@@ -433,7 +434,7 @@ def test_a_send_that_times_out_before_a_thread_takes_it_never_runs() -> None:
         release.wait(10)
         sent.append(messages)
 
-    sender = _Sender(send, threads=1)
+    sender = Sender(send, threads=1)
 
     async def scenario() -> list[str]:
         first = asyncio.ensure_future(sender.send([b"first"], 0.2))
@@ -472,7 +473,7 @@ def test_sends_run_concurrently() -> None:
         with lock:
             inside[0] -= 1
 
-    sender = _Sender(send, threads=8)
+    sender = Sender(send, threads=8)
 
     async def scenario() -> None:
         await asyncio.gather(*(sender.send([b"x"], 5) for _ in range(8)))

@@ -11,8 +11,8 @@ import msgspec
 import pytest
 from litestar.testing import TestClient
 
-from telemetry.entrypoints import bodies
 from telemetry.entrypoints.container import Container
+from telemetry.entrypoints.http.errors import MAX_LISTED_PROBLEMS
 from telemetry.entrypoints.settings import Settings
 from tests.integration.http_support import URL, client_for, good, make_container, ndjson
 
@@ -79,8 +79,8 @@ def test_a_422_lists_at_most_a_fixed_number_of_problems_and_says_how_many(client
     r = client.post(URL, json={"readings": [bad] * 1000})
     assert r.status_code == 422
     body = r.json()
-    assert len(body["extra"]) == bodies.MAX_LISTED_PROBLEMS
-    assert f"the first {bodies.MAX_LISTED_PROBLEMS} of 3000 problems" in body["detail"]
+    assert len(body["extra"]) == MAX_LISTED_PROBLEMS
+    assert f"the first {MAX_LISTED_PROBLEMS} of 3000 problems" in body["detail"]
     assert len(r.content) < 20_000
 
 

@@ -9,7 +9,8 @@ import time
 import httpx
 
 from telemetry.adapters.memory import MemoryQueue
-from telemetry.entrypoints.http import READY_CACHE_SECONDS, create_apps
+from telemetry.entrypoints.http.app import create_apps
+from telemetry.entrypoints.http.operations import READY_CACHE_SECONDS
 from telemetry.entrypoints.settings import Settings
 from tests.integration.http_support import make_container, with_queue
 

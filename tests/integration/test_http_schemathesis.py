@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from telemetry.entrypoints.http import create_apps
+from telemetry.entrypoints.http.app import create_apps
 from telemetry.entrypoints.settings import Settings
 from tests.integration.http_support import KEY, make_container
 from tests.strategies import NOW

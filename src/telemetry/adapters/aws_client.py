@@ -24,7 +24,7 @@ from botocore.config import Config
 # an outage within seconds (ingest answers 503 and the client retries; the worker backs off).
 DEFAULT_MAX_ATTEMPTS = 4
 CONNECT_TIMEOUT_S = 3.0
-# The ingest service calls the adapter from 64 sender threads (http.SEND_THREADS): one
+# The ingest service calls the adapter from 64 sender threads (http/sender.py SEND_THREADS): one
 # connection each, so none waits for another's.
 MAX_POOL_CONNECTIONS = 64
 

@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         uvicorn.run(
-            "telemetry.entrypoints.http:app_from_env",
+            "telemetry.entrypoints.http.server:app_from_env",
             factory=True,
             host=args.host,
             port=args.port,

@@ -36,15 +36,17 @@ from telemetry.domain.readings import (
     check_identifiers,
     describe_problems,
 )
+from telemetry.entrypoints.http.errors import (
+    BadBody,
+    TooLarge,
+    Unprocessable,
+    UnsupportedMedia,
+)
 
 JSON: Final = "application/json"
 NDJSON: Final = "application/x-ndjson"
 MSGPACK: Final = "application/msgpack"
 MEDIA_TYPES: Final = (JSON, NDJSON, MSGPACK)
-
-# A 422 lists this many problems at most, and its detail says how many there are in all: enough
-# for a client to see what is wrong, and a hostile body cannot make the answer large.
-MAX_LISTED_PROBLEMS = 100
 
 # What a decoder may raise on a body that is not what it claims: the JSON/msgpack error, a string
 # that is not UTF-8, a msgpack map keyed by something unhashable, nesting deeper than the
@@ -52,48 +54,12 @@ MAX_LISTED_PROBLEMS = 100
 DECODER_ERRORS: Final = (msgspec.DecodeError, UnicodeDecodeError, TypeError, RecursionError)
 
 
-class BodyError(Exception):
-    """A body the service will not take. `reason` is a metric label and log field."""
-
-    status = 400
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-class BadBody(BodyError):
-    status = 400
-
-
-class TooLarge(BodyError):
-    status = 413
-
-
-class Unsupported(BodyError):
-    status = 415
-
-
-class Unprocessable(BodyError):
-    status = 422
-
-    def __init__(self, problems: list[Problem], readings: int) -> None:
-        n = len({p.index for p in problems if p.index >= 0})
-        detail = f"{n} reading(s) break the rules" if n else "the request breaks the rules"
-        if len(problems) > MAX_LISTED_PROBLEMS:
-            detail += f"; the first {MAX_LISTED_PROBLEMS} of {len(problems)} problems are listed"
-        super().__init__("invalid", detail)
-        self.problems = problems[:MAX_LISTED_PROBLEMS]
-        self.readings = readings
-
-
 def media_type(content_type: str | None) -> str:
     """The body format from a Content-Type header, parameters (charset) ignored; else 415."""
     ctype = (content_type or "").split(";", 1)[0].strip().lower()
     if ctype in MEDIA_TYPES:
         return ctype
-    raise Unsupported(
+    raise UnsupportedMedia(
         "unsupported_type",
         f"unsupported content type {ctype!r}; use one of {', '.join(MEDIA_TYPES)}",
     )
@@ -106,7 +72,8 @@ def is_gzip(content_encoding: str | None) -> bool:
         return False
     if enc in ("gzip", "x-gzip"):
         return True
-    raise Unsupported("unsupported_encoding", f"unsupported content encoding {enc!r}; use gzip")
+    raise UnsupportedMedia("unsupported_encoding",
+                           f"unsupported content encoding {enc!r}; use gzip")
 
 
 class _Inflater:
