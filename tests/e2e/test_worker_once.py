@@ -44,7 +44,7 @@ def test_once_reports_what_a_killed_worker_left_and_wait_drains_it(tmp_path: Pat
     assert [m.body for m in strict.receive(10)] == [b"not an envelope"]
     assert strict.receive(10) == []
     strict.close()
-    container = create_container(settings, key_store="memory")
+    container = create_container(settings)
     accept = container.accept_readings()
     now = datetime.now(UTC).replace(microsecond=0)
     ids: list[str] = []

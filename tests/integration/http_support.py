@@ -16,7 +16,7 @@ import msgspec
 from dependency_injector import providers
 from litestar.testing import TestClient
 
-from telemetry.adapters.memory import MemoryQueue
+from telemetry.adapters.memory import MemoryApiKeyStore, MemoryQueue
 from telemetry.domain.api_keys import format_key, new_stored_key
 from telemetry.entrypoints.container import Container, create_container
 from telemetry.entrypoints.http.app import create_apps
@@ -28,8 +28,9 @@ URL = "/v1/readings"
 
 
 def make_container(settings: Settings, vehicles: Sequence[str] = ("car-*",)) -> Container:
-    c = create_container(settings, key_store="memory")
-    c.keys().add(new_stored_key(KEY_ID, SECRET, "fleet", list(vehicles), datetime.now(UTC)))
+    c = create_container(settings)
+    c.api_keys.override(providers.Object(MemoryApiKeyStore()))
+    c.api_keys().add(new_stored_key(KEY_ID, SECRET, "fleet", list(vehicles), datetime.now(UTC)))
     return c
 
 
@@ -45,7 +46,8 @@ def clients_for(
     container: Container, settings: Settings
 ) -> Iterator[tuple[TestClient[Any], TestClient[Any]]]:
     """Clients of the public and the operations app of one process (shared metrics)."""
-    apps = create_apps(container, settings)
+    assert container.settings() == settings, "the container serves its own settings"
+    apps = create_apps(container)
     with TestClient(apps.public) as public, TestClient(apps.ops) as ops:
         public.headers["X-API-Key"] = KEY
         ops.headers["X-API-Key"] = KEY

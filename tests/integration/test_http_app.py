@@ -141,7 +141,7 @@ def test_missing_and_unknown_key_are_401_alike(client, container) -> None:
 
 def test_a_revoked_key_is_401(client, container) -> None:
     assert client.post(URL, json={"readings": [good()]}).status_code == 202
-    container.keys().revoke("fleet")
+    container.api_keys().revoke("fleet")
     assert client.post(URL, json={"readings": [good()]}).status_code == 401
 
 
@@ -375,7 +375,7 @@ def test_rate_limit_is_429_with_retry_after_and_per_key() -> None:
     other = "fedcba9876543210"
     from telemetry.domain.api_keys import new_stored_key
 
-    c.keys().add(new_stored_key(other, "o" * 43, "other", ["*"], datetime.now(UTC)))
+    c.api_keys().add(new_stored_key(other, "o" * 43, "other", ["*"], datetime.now(UTC)))
     with client_for(c, settings) as client:
         statuses = [client.post(URL, json={"readings": [good()]}).status_code for _ in range(2)]
         assert statuses == [202, 202]
@@ -643,10 +643,10 @@ def test_ingest_settings_parse_and_name_themselves_when_bad(tmp_path) -> None:
     s = load_settings({"TELEMETRY_DATA_DIR": str(tmp_path)})
     assert (s.rate_limit, s.rate_burst, s.enqueue_timeout, s.ready_timeout) == (
         10_000.0, 20_000, 5.0, 2.0)
-    assert s.keys_path == tmp_path / "keys.json"
+    assert s.api_keys_path == tmp_path / "keys.json"
     s = load_settings({"TELEMETRY_KEYS_FILE": str(tmp_path / "k.json"),
                        "TELEMETRY_RATE_LIMIT": "2.5", "TELEMETRY_RATE_BURST": "5"})
-    assert s.keys_path == tmp_path / "k.json" and s.as_dict()["keys_path"] == str(s.keys_path)
+    assert s.api_keys_path == tmp_path / "k.json"
     assert (s.rate_limit, s.rate_burst) == (2.5, 5)
     for name, value in [("TELEMETRY_RATE_LIMIT", "0"), ("TELEMETRY_RATE_BURST", "x"),
                         ("TELEMETRY_ENQUEUE_TIMEOUT", "-1"), ("TELEMETRY_READY_TIMEOUT", "")]:

@@ -37,7 +37,7 @@ async def _probe(app: object, n: int) -> list[int]:
 def test_concurrent_probes_make_one_check_and_the_answer_is_kept_briefly() -> None:
     settings = Settings(queue="memory", storage="memory")
     queue = SlowQueue()
-    apps = create_apps(with_queue(make_container(settings), queue), settings)
+    apps = create_apps(with_queue(make_container(settings), queue))
     assert asyncio.run(_probe(apps.ops, 20)) == [200] * 20
     assert queue.checks == 1
     assert asyncio.run(_probe(apps.ops, 5)) == [200] * 5

@@ -57,7 +57,7 @@ def api() -> Any:
     settings = Settings(queue="memory", storage="memory", rate_burst=1_000_000)
     container = make_container(settings, vehicles=["*"])
     container.clock.override(providers.Object(FakeClock(NOW)))
-    app = create_apps(container, settings).ops  # the document and every operation in it
+    app = create_apps(container).ops  # the document and every operation in it
     schema = schemathesis.openapi.from_asgi("/schema/openapi.json", app)
     schema.config.generation.update(
         max_examples=50, deterministic=True,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from telemetry.entrypoints.container import create_container
@@ -91,6 +91,6 @@ def test_the_readme_lists_every_setting() -> None:
         return any(f"`{name[:i]}" in line and f"`{name[i:]}`" in line
                    for i in cuts for line in lines)
 
-    missing = [n for f in dataclasses.fields(Settings)
+    missing = [n for f in msgspec.structs.fields(Settings)
                if not listed(n := f"TELEMETRY_{f.name.upper()}")]
     assert not missing, f"not in the README's configuration table: {missing}"

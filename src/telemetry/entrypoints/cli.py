@@ -295,7 +295,7 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     s = _settings()
-    store = create_container(s).keys()
+    store = create_container(s).api_keys()
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     try:
         stored = new_stored_key(
@@ -313,7 +313,7 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     s = _settings()
-    for k in create_container(s).keys().all():
+    for k in create_container(s).api_keys().all():
         row = {"id": k.key_id, "name": k.name, "vehicles": list(k.vehicles),
                "created_at": k.created_at.isoformat(), "revoked": k.revoked}
         print(json.dumps(row))
@@ -322,7 +322,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
     s = _settings()
-    n = create_container(s).keys().revoke(args.key)
+    n = create_container(s).api_keys().revoke(args.key)
     print(f"revoked {n} key(s)")
     return 0 if n else 1
 

@@ -14,13 +14,14 @@ from dependency_injector import containers, providers
 from telemetry.adapters.api_key_file import FileApiKeyStore
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.filesystem import FilesystemStorage
-from telemetry.adapters.memory import MemoryApiKeyStore, MemoryQueue, MemoryStorage
+from telemetry.adapters.memory import MemoryQueue, MemoryStorage
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.accept import AcceptReadings
 from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.api_keys import Authenticator
 from telemetry.domain.batching import BatchPolicy
 from telemetry.domain.drain import DrainBatches
+from telemetry.domain.ratelimit import RateLimiter
 from telemetry.domain.readings import ReadingRules
 from telemetry.entrypoints import crashpoints
 from telemetry.entrypoints.settings import ConfigError, Settings
@@ -74,69 +75,71 @@ def _s3_storage(**kwargs: Any) -> Any:
 
 
 class Container(containers.DeclarativeContainer):
-    config = providers.Configuration(strict=True)
+    # Decoded and checked once (load_settings), handed in once (create_container).
+    settings = providers.Dependency(instance_of=Settings)
 
     clock = providers.Singleton(SystemClock)
 
     queue = providers.Selector(
-        config.queue,
+        settings.provided.queue,
         sqlite=providers.Singleton(
             SqliteQueue,
-            config.queue_path,
-            visibility_timeout=config.visibility_timeout,
-            max_receives=config.max_receives,
-            max_message_bytes=config.max_message_bytes,
+            settings.provided.queue_path,
+            visibility_timeout=settings.provided.visibility_timeout,
+            max_receives=settings.provided.max_receives,
+            max_message_bytes=settings.provided.max_message_bytes,
         ),
         memory=providers.Singleton(
             MemoryQueue,
-            visibility_timeout=config.visibility_timeout,
-            max_receives=config.max_receives,
-            max_message_bytes=config.max_message_bytes,
+            visibility_timeout=settings.provided.visibility_timeout,
+            max_receives=settings.provided.max_receives,
+            max_message_bytes=settings.provided.max_message_bytes,
         ),
-        sqs=providers.Singleton(_sqs_queue, queue_url=config.sqs_queue_url),
+        sqs=providers.Singleton(_sqs_queue, queue_url=settings.provided.sqs_queue_url),
     )
 
     storage = providers.Selector(
-        config.storage,
-        filesystem=providers.Singleton(FilesystemStorage, config.lake_dir),
+        settings.provided.storage,
+        filesystem=providers.Singleton(FilesystemStorage, settings.provided.lake_dir),
         memory=providers.Singleton(MemoryStorage),
-        s3=providers.Singleton(_s3_storage, bucket=config.s3_bucket, prefix=config.s3_prefix),
+        s3=providers.Singleton(_s3_storage, bucket=settings.provided.s3_bucket,
+                               prefix=settings.provided.s3_prefix),
     )
 
-    keys = providers.Selector(
-        config.key_store,
-        file=providers.Singleton(FileApiKeyStore, config.keys_path),
-        memory=providers.Singleton(MemoryApiKeyStore),
-    )
+    api_keys = providers.Singleton(FileApiKeyStore, settings.provided.api_keys_path)
 
     rules = providers.Singleton(
         ReadingRules,
-        max_signals=config.max_signals,
-        max_clock_skew=providers.Factory(timedelta, seconds=config.max_clock_skew),
-        max_batch=config.max_batch,
-        max_lateness=providers.Factory(timedelta, seconds=config.max_lateness),
-        max_hours=config.max_request_hours,
+        max_signals=settings.provided.max_signals,
+        max_clock_skew=providers.Factory(timedelta, seconds=settings.provided.max_clock_skew),
+        max_batch=settings.provided.max_batch,
+        max_lateness=providers.Factory(timedelta, seconds=settings.provided.max_lateness),
+        max_hours=settings.provided.max_request_hours,
     )
 
     batch_policy = providers.Singleton(
         BatchPolicy,
-        max_readings=config.batch_max_readings,
-        max_bytes=config.batch_max_bytes,
-        max_age_seconds=config.batch_max_age,
-        max_open_hours=config.batch_max_open_hours,
+        max_readings=settings.provided.batch_max_readings,
+        max_bytes=settings.provided.batch_max_bytes,
+        max_age_seconds=settings.provided.batch_max_age,
+        max_open_hours=settings.provided.batch_max_open_hours,
     )
 
-    authenticator = providers.Singleton(Authenticator, keys)
+    authenticator = providers.Singleton(Authenticator, api_keys)
+    # one per ingest process: the per-key token buckets
+    rate_limiter = providers.Singleton(
+        RateLimiter, settings.provided.rate_limit, settings.provided.rate_burst)
     accept_readings = providers.Singleton(AcceptReadings, queue, clock, rules)
     drain_batches = providers.Factory(
-        DrainBatches, queue, storage, clock, batch_policy, compress=config.compress,
-        receive_max=config.receive_max, partials_every=config.partials_every,
+        DrainBatches, queue, storage, clock, batch_policy, compress=settings.provided.compress,
+        receive_max=settings.provided.receive_max,
+        partials_every=settings.provided.partials_every,
     )
     aggregate_hours = providers.Factory(AggregateHours, storage)
     curate_hours = providers.Factory(
-        _curate_hours, storage, clock, curated_format=config.curated_format,
-        grace=config.curate_grace, part_bytes=config.curated_part_bytes,
-        raw_retention=config.raw_retention,
+        _curate_hours, storage, clock, curated_format=settings.provided.curated_format,
+        grace=settings.provided.curate_grace, part_bytes=settings.provided.curated_part_bytes,
+        raw_retention=settings.provided.raw_retention,
     )
 
 
@@ -154,9 +157,8 @@ def check_backends(container: Container, settings: Settings) -> None:
                               f"{_CREATE_HINT}")
 
 
-def create_container(settings: Settings, *, key_store: str = "file") -> Container:
-    container = Container()
-    container.config.from_dict({**settings.as_dict(), "key_store": key_store})
+def create_container(settings: Settings) -> Container:
+    container = Container(settings=settings)
     crash = crashpoints.from_env()
     if crash is not None:
         _install_crashpoints(container, crash)

@@ -161,7 +161,7 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
     run_id = secrets.token_hex(3)
     prefix = f"demo-{run_id}"
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    container.keys().add(
+    container.api_keys().add(
         new_stored_key(key_id, secret, f"demo-{run_id}", [f"{prefix}*"], datetime.now(UTC))
     )
     api_key = format_key(key_id, secret)

@@ -7,88 +7,100 @@ Precedence: environment, then the file named by TELEMETRY_CONFIG_FILE, then the 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal
+
+import msgspec
 
 from telemetry.domain import triggers
 
-T = TypeVar("T")
 MiB = 1024 * 1024
+
+# A bad value's message is the description of its constraint.
+Positive = Annotated[float, msgspec.Meta(gt=0, description="must be greater than 0")]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0, description="must be greater than 0")]
+NotNegative = Annotated[float, msgspec.Meta(ge=0, description="must be 0 or more")]
+Port = Annotated[int, msgspec.Meta(
+    ge=0, le=65535, description="must be a port number, 0 to 65535 (0: off)")]
+OpsPort = Annotated[int, msgspec.Meta(
+    ge=0, le=65535, description="must be a port number, 0-65535 (0: any free port)")]
 
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names it."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every setting, typed and constrained; `load_settings` decodes them once, at start."""
+
     data_dir: Path = Path("./data")
-    queue: str = "sqlite"
-    storage: str = "filesystem"
+    queue: Literal["sqlite", "sqs", "memory"] = "sqlite"
+    storage: Literal["filesystem", "s3", "memory"] = "filesystem"
     sqs_queue_url: str = ""
     s3_bucket: str = ""
     s3_prefix: str = ""
     # queue semantics (sqlite and memory; SQS takes them from the queue's own attributes)
-    visibility_timeout: float = 60.0
-    max_receives: int = 5
-    max_message_bytes: int = MiB
+    visibility_timeout: Positive = 60.0
+    max_receives: PositiveInt = 5
+    max_message_bytes: PositiveInt = MiB
     # ingest limits (contract sections 2 and 3)
-    max_batch: int = 1000
-    max_signals: int = 256
-    max_clock_skew: float = 300.0
+    max_batch: PositiveInt = 1000
+    max_signals: PositiveInt = 256
+    max_clock_skew: Positive = 300.0
     # 35 days: a vehicle parked or out of coverage for a month uploads its backlog, with days
     # to spare for the gateway to catch up (docs/security.md)
-    max_lateness: float = 35 * 86400.0
-    max_request_hours: int = 24
-    max_body_bytes: int = MiB
-    max_decompressed_bytes: int = 8 * MiB
-    enqueue_timeout: float = 5.0
+    max_lateness: Positive = 35 * 86400.0
+    max_request_hours: PositiveInt = 24
+    max_body_bytes: PositiveInt = MiB
+    max_decompressed_bytes: PositiveInt = 8 * MiB
+    enqueue_timeout: Positive = 5.0
     # per-key token bucket, requests per second and burst, per ingest process
-    rate_limit: float = 10_000.0
-    rate_burst: int = 20_000
-    ready_timeout: float = 2.0
+    rate_limit: Positive = 10_000.0
+    rate_burst: PositiveInt = 20_000
+    ready_timeout: Positive = 2.0
     # the operations listener (/metrics, /readyz, /schema): loopback unless said otherwise
     ops_host: str = "127.0.0.1"
-    ops_port: int = 8001
+    ops_port: OpsPort = 8001
     # a request's headers must be complete this long after its first byte (slow clients)
-    header_timeout: float = 10.0
+    header_timeout: Positive = 10.0
     # the key store file; None means $TELEMETRY_DATA_DIR/keys.json
     keys_file: Path | None = None
     # worker batching policy
-    batch_max_readings: int = 20_000
-    batch_max_bytes: int = 8 * MiB
-    batch_max_age: float = 5.0
-    batch_max_open_hours: int = 8
+    batch_max_readings: PositiveInt = 20_000
+    batch_max_bytes: PositiveInt = 8 * MiB
+    batch_max_age: Positive = 5.0
+    batch_max_open_hours: PositiveInt = 8
     # messages asked for per receive; SQS caps a receive at 10 whatever is asked
-    receive_max: int = 100
+    receive_max: PositiveInt = 100
     # partial aggregates (ADR 0006): the worker writes what it kept at least this often
-    partials_every: float = 60.0
+    partials_every: Positive = 60.0
     compress: bool = False
     # curated hours (docs/curated.md), written by `telemetry aggregate`
     curate: bool = True
-    curated_format: str = "jsonl"
-    curate_grace: float = 600.0  # seconds after an hour's end before it is curated
-    curated_part_bytes: int = 128 * MiB
-    raw_retention: float = 0.0  # seconds after an hour's end; 0 keeps raw files forever
-    shutdown_deadline: float = 25.0
+    curated_format: Literal["jsonl", "parquet"] = "jsonl"
+    curate_grace: NotNegative = 600.0  # seconds after an hour's end before it is curated
+    curated_part_bytes: PositiveInt = 128 * MiB
+    raw_retention: NotNegative = 0.0  # seconds after an hour's end; 0 keeps raw files forever
+    shutdown_deadline: Positive = 25.0
     # the worker's Prometheus /metrics: 0 = no listener (several workers on a host need a port
     # each); loopback unless told otherwise
-    worker_metrics_port: int = 0
+    worker_metrics_port: Port = 0
     worker_metrics_host: str = "127.0.0.1"
     # seconds between a worker's publications of what it saw to the lake (_state/workers/)
-    worker_state_every: float = 15.0
+    worker_state_every: Positive = 15.0
     # ADR 0001's triggers (defaults in telemetry.domain.triggers)
-    trigger_send_rate: float = triggers.SEND_RATE_PER_S
-    trigger_duplicate_rate: float = triggers.DUPLICATE_RATE
-    trigger_oldest_age: float = triggers.OLDEST_AGE_S
-    trigger_latency_margin: float = triggers.LATENCY_MARGIN_S
-    trigger_window: float = triggers.WINDOW_S
+    trigger_send_rate: Positive = triggers.SEND_RATE_PER_S
+    trigger_duplicate_rate: NotNegative = triggers.DUPLICATE_RATE
+    trigger_oldest_age: NotNegative = triggers.OLDEST_AGE_S
+    trigger_latency_margin: NotNegative = triggers.LATENCY_MARGIN_S
+    trigger_window: Positive = triggers.WINDOW_S
     # logs
-    log_format: str = "text"
-    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
     def lake_dir(self) -> Path:
@@ -99,7 +111,7 @@ class Settings:
         return self.data_dir / "queue.sqlite3"
 
     @property
-    def keys_path(self) -> Path:
+    def api_keys_path(self) -> Path:
         return self.keys_file if self.keys_file is not None else self.data_dir / "keys.json"
 
     @property
@@ -112,17 +124,6 @@ class Settings:
             window_s=self.trigger_window,
         )
 
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(
-            data_dir=str(self.data_dir),
-            lake_dir=str(self.lake_dir),
-            queue_path=str(self.queue_path),
-            keys_path=str(self.keys_path),
-            keys_file=str(self.keys_path),
-        )
-        return d
-
 
 def install_hint(extra: str) -> str:
     """The pip command that installs an optional extra."""
@@ -134,105 +135,47 @@ def _env_name(field: str) -> str:
     return "TELEMETRY_" + field.upper()
 
 
-def _parse_bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("expected true or false")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
-def _positive(conv: Callable[[str], T]) -> Callable[[str], T]:
-    def parse(text: str) -> T:
-        v = conv(text)
-        if v <= 0:  # type: ignore[operator]
-            raise ValueError("must be greater than 0")
-        return v
-
-    return parse
-
-
-def _port(text: str) -> int:
-    v = int(text)
-    if not 0 <= v <= 65535:
-        raise ValueError("must be a port number, 0 to 65535 (0: off)")
-    return v
+def _normalize(name: str, text: str) -> Any:
+    """What the text of a setting means before it is typed: the quirks msgspec does not know."""
+    text = text.strip()
+    if name in _CHOICES:
+        return text.upper() if name == "log_level" else text.lower()
+    if name == "s3_prefix":
+        return text.strip("/")
+    if name == "keys_file":
+        return text or None
+    if _HINTS.get(name) is bool:
+        low = text.lower()
+        return True if low in _TRUE else False if low in _FALSE else text
+    return text
 
 
-def _not_negative(text: str) -> float:
-    v = float(text)
-    if not v >= 0:  # NaN too
-        raise ValueError("must be 0 or more")
-    return v
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is Path and isinstance(obj, str):
+        return Path(obj).expanduser()
+    raise NotImplementedError
 
 
-def _ops_port(text: str) -> int:
-    v = int(text)
-    if not 0 <= v <= 65535:
-        raise ValueError("must be a port number, 0-65535 (0: any free port)")
-    return v
+_KINDS = {int: "an integer", float: "a number"}
 
 
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        v = text.strip().lower()
-        if v not in options:
-            raise ValueError("must be one of " + ", ".join(options))
-        return v
-
-    return parse
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "data_dir": lambda s: Path(s).expanduser(),
-    "queue": _choice("sqlite", "sqs", "memory"),
-    "storage": _choice("filesystem", "s3", "memory"),
-    "sqs_queue_url": str.strip,
-    "s3_bucket": str.strip,
-    "s3_prefix": lambda s: s.strip().strip("/"),
-    "visibility_timeout": _positive(float),
-    "max_receives": _positive(int),
-    "max_message_bytes": _positive(int),
-    "max_batch": _positive(int),
-    "max_signals": _positive(int),
-    "max_clock_skew": _positive(float),
-    "max_lateness": _positive(float),
-    "max_request_hours": _positive(int),
-    "max_body_bytes": _positive(int),
-    "max_decompressed_bytes": _positive(int),
-    "enqueue_timeout": _positive(float),
-    "rate_limit": _positive(float),
-    "rate_burst": _positive(int),
-    "ready_timeout": _positive(float),
-    "ops_host": str.strip,
-    "ops_port": _ops_port,
-    "header_timeout": _positive(float),
-    "keys_file": lambda s: Path(s).expanduser() if s.strip() else None,
-    "batch_max_readings": _positive(int),
-    "batch_max_bytes": _positive(int),
-    "batch_max_age": _positive(float),
-    "batch_max_open_hours": _positive(int),
-    "receive_max": _positive(int),
-    "partials_every": _positive(float),
-    "compress": _parse_bool,
-    "curate": _parse_bool,
-    "curated_format": _choice("jsonl", "parquet"),
-    "curate_grace": _not_negative,
-    "curated_part_bytes": _positive(int),
-    "raw_retention": _not_negative,
-    "shutdown_deadline": _positive(float),
-    "worker_metrics_port": _port,
-    "worker_metrics_host": str.strip,
-    "worker_state_every": _positive(float),
-    "trigger_send_rate": _positive(float),
-    "trigger_duplicate_rate": _not_negative,
-    "trigger_oldest_age": _not_negative,
-    "trigger_latency_margin": _not_negative,
-    "trigger_window": _positive(float),
-    "log_format": _choice("text", "json"),
-    "log_level": _choice("debug", "info", "warning", "error"),
-}
+def _explain(name: str, error: str) -> str:
+    """A setting's constraint in words, from its type: the message that names it when bad."""
+    hint = _HINTS[name]
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+    words = [f"expected {_KINDS[base]}"] if "got `str`" in error and base in _KINDS else []
+    words += [m.description for m in getattr(hint, "__metadata__", ())
+              if isinstance(m, msgspec.Meta) and m.description]
+    if words:
+        return "; ".join(words)
+    if name in _CHOICES:
+        return "must be one of " + ", ".join(o.lower() for o in _CHOICES[name])
+    if hint is bool:
+        return "expected true or false"
+    return f"expected {getattr(hint, '__name__', hint)}"
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -247,24 +190,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"TELEMETRY_CONFIG_FILE: cannot read {cfg_file}: {exc}") from exc
         for k, v in file_values.items():
-            if k not in _PARSERS:
+            if k not in _HINTS:
                 raise ConfigError(f"TELEMETRY_CONFIG_FILE: unknown setting {k!r} in {cfg_file}")
             raw[k] = str(v).lower() if isinstance(v, bool) else str(v)
             where[k] = f"{k}={raw[k]!r} in {cfg_file}"
-    for f in fields(Settings):
-        name = _env_name(f.name)
+    for field in _HINTS:
+        name = _env_name(field)
         if name in env:
-            raw[f.name] = env[name]
-            where[f.name] = f"{name}={env[name]!r}"
-    values: dict[str, Any] = {}
-    for key, text in raw.items():
-        try:
-            values[key] = _PARSERS[key](text)
-        except ValueError as exc:
-            raise ConfigError(f"{where[key]}: {exc}") from None
-    if "log_level" in values:
-        values["log_level"] = values["log_level"].upper()
-    s = Settings(**values)
+            raw[field] = env[name]
+            where[field] = f"{name}={env[name]!r}"
+    values = {key: _normalize(key, text) for key, text in raw.items()}
+    try:
+        s = msgspec.convert(values, Settings, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        bad = re.search(r"at `\$\.(\w+)", str(exc))
+        if bad is None:  # cannot happen: every value is one field's
+            raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{where[bad[1]]}: {_explain(bad[1], str(exc))}") from None
     if s.queue == "sqs" and not s.sqs_queue_url:
         raise ConfigError("TELEMETRY_SQS_QUEUE_URL: required when TELEMETRY_QUEUE=sqs "
                           "(`telemetry aws init` prints it)")
@@ -293,3 +235,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if s.max_message_bytes < 4096:
         raise ConfigError("TELEMETRY_MAX_MESSAGE_BYTES: must be at least 4096")
     return s
+
+
+_HINTS: dict[str, Any] = typing.get_type_hints(Settings, include_extras=True)
+_CHOICES: dict[str, tuple[str, ...]] = {
+    name: typing.get_args(hint) for name, hint in _HINTS.items()
+    if typing.get_origin(hint) is Literal
+}

@@ -9,7 +9,6 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
-from telemetry.domain.ratelimit import RateLimiter
 from telemetry.entrypoints.container import Container
 from telemetry.entrypoints.http import ingest, operations
 from telemetry.entrypoints.http.openapi import openapi_config
@@ -35,11 +34,11 @@ class IngestApps:
 
 
 def create_apps(
-    container: Container, settings: Settings, *, metrics: IngestMetrics | None = None,
-    serve_ops: bool = False,
+    container: Container, *, metrics: IngestMetrics | None = None, serve_ops: bool = False,
 ) -> IngestApps:
     """The public and operations apps; `serve_ops`: the public app's start also starts the
     operations listener on TELEMETRY_OPS_HOST:TELEMETRY_OPS_PORT (as `serve` does)."""
+    settings = container.settings()
     stats = metrics if metrics is not None else IngestMetrics()
     queue, clock = container.queue(), container.clock()
     sender = Sender(queue.send, SEND_THREADS)
@@ -47,7 +46,7 @@ def create_apps(
         "metrics": stats,
         "ingest": ingest.IngestEndpoint(
             container.accept_readings(), container.authenticator(),
-            RateLimiter(settings.rate_limit, settings.rate_burst), clock, sender, stats,
+            container.rate_limiter(), clock, sender, stats,
             max_wire=settings.max_body_bytes, max_inflated=settings.max_decompressed_bytes,
             max_batch=settings.max_batch, enqueue_timeout=settings.enqueue_timeout),
         "ops": operations.Operations(queue, container.storage(), clock, stats,

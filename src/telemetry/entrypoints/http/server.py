@@ -20,7 +20,7 @@ def app_from_env() -> Litestar:
     settings = load_settings()
     logs.configure(settings.log_format, settings.log_level)
     slow_clients.configure(settings.header_timeout)
-    apps = create_apps(create_container(settings), settings, serve_ops=True)
+    apps = create_apps(create_container(settings), serve_ops=True)
     tune_gc()
     return apps.public
 
