@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import msgspec
 
@@ -32,6 +32,7 @@ from telemetry.adapters.canlog import (
 )
 from telemetry.adapters.ingest_client import ClientSummary, IngestClient
 from telemetry.domain.readings import MAX_VEHICLE_ID, MIN_TS, VEHICLE_ID_PATTERN
+from telemetry.entrypoints.fleet_client import IngestSender, gave_up, refused
 from telemetry.entrypoints.progress import Progress
 
 _VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)
@@ -39,16 +40,6 @@ _VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)
 _MAX_SKEW = timedelta(seconds=300)
 # With --speed pacing, a partly filled batch waits at most this long before it is sent.
 _MAX_BATCH_WAIT = 0.5
-
-
-class Sender(Protocol):
-    """What replay needs of `IngestClient` (tests pass a fake)."""
-
-    summary: ClientSummary
-
-    def send(self, readings: list[dict[str, Any]]) -> list[str]: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -65,12 +56,6 @@ class ReplayResult:
 
 class _Stop(Exception):
     pass
-
-
-def _hopeless(err: object) -> bool:
-    """After this, every further request would fail the same way: stop instead of retrying the
-    rest of the log for minutes. A 422 or 413 is about one request, so replay goes on."""
-    return getattr(err, "status", None) in (401, 403) or getattr(err, "body", None) == "gave up"
 
 
 def _bar(span: LogSpan | None) -> Progress:
@@ -95,7 +80,7 @@ def replay(
     url: str = "http://127.0.0.1:8000",
     api_key: str = "",
     raw_choices: bool = False,
-    client: Sender | None = None,
+    client: IngestSender | None = None,
     dry_run: TextIO | None = None,
     progress: bool = False,
     limit: int | None = None,
@@ -115,7 +100,7 @@ def replay(
     if span is None:
         check_log(log)
     own_client = client is None and dry_run is None
-    sender: Sender | None = IngestClient(url, api_key) if own_client else client
+    sender: IngestSender | None = IngestClient(url, api_key) if own_client else client
     result = ReplayResult(decoder.stats, ClientSummary(), 0.0)
     bar = _bar(span) if progress else None
     enc = msgspec.json.Encoder()
@@ -139,7 +124,9 @@ def replay(
             if not ids and batch_size and err is not None:
                 if len(result.errors) < 5:
                     result.errors.append(str(err))
-                if _hopeless(err):
+                # Every further request would fail the same way: stop instead of retrying the
+                # rest of the log for minutes. A 422 or 413 is about one request: go on.
+                if refused(err) or gave_up(err):
                     raise _Stop(f"stopped after a request failed: {err}")
         pending = []
 

@@ -20,26 +20,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import msgspec
 
 from telemetry.adapters.ingest_client import ClientSummary, IngestClient
 from telemetry.domain.readings import MAX_VEHICLE_ID, MIN_TS, VEHICLE_ID_PATTERN
 from telemetry.domain.simulation import Fleet, FleetConfig, FleetStats, ticks
+from telemetry.entrypoints.fleet_client import IngestSender, refused
 from telemetry.entrypoints.progress import Progress
 
 _VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)
-
-
-class Client(Protocol):
-    """What the simulator needs of `IngestClient` (tests pass a fake)."""
-
-    summary: ClientSummary
-
-    def send(self, readings: list[dict[str, Any]]) -> list[str]: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -54,10 +45,6 @@ class SimulationResult:
     resent_readings: int = 0
     interrupted: bool = False
     stopped: str | None = None  # the service refused the key: every later request would fail
-
-
-def _hopeless(err: object) -> bool:
-    return getattr(err, "status", None) in (401, 403)
 
 
 def simulate(
@@ -80,7 +67,7 @@ def simulate(
     lost_responses: float = 0.02,
     start: datetime | None = None,
     dry_run: TextIO | None = None,
-    client_factory: Callable[[], Client] | None = None,
+    client_factory: Callable[[], IngestSender] | None = None,
 ) -> SimulationResult:
     """Take `rate` readings per vehicle per second for `duration` seconds, paced in real time,
     and post them in requests of `batch` readings from `senders` threads.
@@ -106,7 +93,7 @@ def simulate(
     work: queue.Queue[tuple[list[dict[str, Any]], bool] | None] = queue.Queue(maxsize=senders * 4)
     lock = threading.Lock()
     stop = threading.Event()
-    make_client: Callable[[], Client] = client_factory or (lambda: IngestClient(url, api_key))
+    make_client: Callable[[], IngestSender] = client_factory or (lambda: IngestClient(url, api_key))
 
     def sender() -> None:
         client = make_client()
@@ -133,7 +120,7 @@ def simulate(
                     if not ids and err is not None:
                         if len(result.errors) < 5:
                             result.errors.append(str(err))
-                        if _hopeless(err):
+                        if refused(err):
                             result.stopped = f"stopped after a request failed: {err}"
                             stop.set()
         finally:
