@@ -107,7 +107,7 @@ def test_the_worker_backs_off_exponentially_up_to_the_cap_and_resets_after_recov
     # message 3 the second.
     drain = DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0), receive_max=1)
     stop = VirtualTime(clock)
-    worker = Worker(drain, stop, min_backoff=MIN, max_backoff=MAX)
+    worker = Worker(drain, stop, clock=clock, min_backoff=MIN, max_backoff=MAX)
     with caplog.at_level(logging.INFO, logger="telemetry.worker"):
         worker.run(once=True)
     assert not stop.is_set(), "the worker was still looping after an hour of virtual time"

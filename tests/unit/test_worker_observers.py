@@ -29,7 +29,7 @@ def test_retries_and_fault_episodes_are_counted() -> None:
     storage.fail_attempts = {*range(1, 8), *range(10, 12)}  # two outages: 7 and 2 failed puts
     drain = DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0), receive_max=1)
     metrics = WorkerMetrics(queue.depth, monotonic=clock.monotonic)
-    worker = Worker(drain, VirtualTime(clock), min_backoff=0.5, max_backoff=4.0,
+    worker = Worker(drain, VirtualTime(clock), clock=clock, min_backoff=0.5, max_backoff=4.0,
                     observers=[metrics])
     worker.run(once=True)
     assert worker.clean
@@ -52,7 +52,7 @@ def test_the_published_state_merges_over_a_window() -> None:
     clock.advance(2)  # the message waits 2 s before it is received
     drain = DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0))
     pub = StatePublisher(storage, window_s=60, every=10, name="w1", time_source=clock.time)
-    Worker(drain, VirtualTime(clock), observers=[pub]).run(once=True)
+    Worker(drain, VirtualTime(clock), clock=clock, observers=[pub]).run(once=True)
     state = WorkerState.decode(storage.get(state_key("w1")))
     w = window([state], clock.time(), 60)
     assert w.workers == 1

@@ -97,7 +97,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     deadline = s.shutdown_deadline
     drain = container.drain_batches()
     watch = observers(s, drain)
-    worker = Worker(drain, stop, shutdown_deadline=deadline, observers=watch.all)
+    worker = Worker(drain, stop, clock=container.clock(), shutdown_deadline=deadline,
+                    observers=watch.all)
 
     def past_deadline() -> None:
         # A write still hanging (a slow lake): whatever is not stored yet is not deleted
@@ -112,8 +113,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         event(log, "stopping", signal=signal.Signals(signum).name, deadline_s=deadline)
         # The worker gives up on a failing lake by itself just before this; the timer is for
         # a write that never returns.
-        worker.deadline_at = worker.drain.clock.monotonic() + deadline
-        stop.set()
+        worker.request_stop(deadline)
         timer = threading.Timer(deadline, past_deadline)
         timer.daemon = True
         timer.start()

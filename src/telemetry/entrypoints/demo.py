@@ -177,7 +177,7 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
     stop = threading.Event()
     drain = container.drain_batches()
     watch = observers(settings, drain)
-    worker = Worker(drain, stop, poll_wait=0.5, observers=watch.all)
+    worker = Worker(drain, stop, clock=container.clock(), poll_wait=0.5, observers=watch.all)
     worker_thread = threading.Thread(target=worker.run, name="worker", daemon=True)
     try:
         wait_healthy(url, server)
@@ -196,7 +196,7 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
     # What the worker had not received when it stopped, a second pass drains (`worker --once`).
     drain = container.drain_batches()
     watchers = [*observers(settings, drain, listen=False).all, DrainProgress("drain the rest")]
-    rest = Worker(drain, observers=watchers).run(once=True)
+    rest = Worker(drain, clock=container.clock(), observers=watchers).run(once=True)
     stats = worker.stats
     stats.merge(rest)
     t0 = time.monotonic()

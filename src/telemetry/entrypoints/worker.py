@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from telemetry.adapters.clock import SystemClock
 from telemetry.domain.drain import DrainBatches, FileWritten, PollResult
 from telemetry.domain.errors import QueueUnavailable, StorageUnavailable
 from telemetry.domain.latency import LatencyDistribution
+from telemetry.domain.ports.clock import Clock
 from telemetry.entrypoints.logs import event
 
 log = logging.getLogger("telemetry.worker")
@@ -78,16 +80,18 @@ class Worker:
 
     def __init__(
         self,
-        drain: DrainBatches,
+        use_case: DrainBatches,
         stop: threading.Event | None = None,
         *,
+        clock: Clock | None = None,
         poll_wait: float = 1.0,
         min_backoff: float = MIN_BACKOFF,
         max_backoff: float = 30.0,
         shutdown_deadline: float = 25.0,
         observers: Sequence[WorkerObserver] = (),
     ) -> None:
-        self.drain = drain
+        self.use_case = use_case
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.stop = stop or threading.Event()
         self.poll_wait = poll_wait
         self.min_backoff = min_backoff
@@ -99,8 +103,13 @@ class Worker:
         self._fault: str | None = None
         self.observers = list(observers)
 
+    def request_stop(self, within_s: float) -> None:
+        """Stop, flushing what is held for at most `within_s` seconds from now."""
+        self.deadline_at = self._now() + within_s
+        self.stop.set()
+
     def _now(self) -> float:
-        return self.drain.clock.monotonic()
+        return self._clock.monotonic()
 
     def _written(self, files: list[FileWritten]) -> None:
         for o in self.observers:
@@ -117,17 +126,17 @@ class Worker:
                 received_to_stored=f.received_to_stored.summary(),
                 ts_to_stored=f.ts_to_stored.summary(),
             )
-        for p in self.drain.partials_log:
+        for p in self.use_case.partials_log:
             if p.error is None:
                 event(log, "partials_written", key=p.key, files=p.files)
             else:  # no reading is lost: aggregation decodes these files instead
                 event(log, "partials_dropped", logging.WARNING, key=p.key, files=p.files,
                       error=p.error)
-        self.drain.partials_log.clear()
+        self.use_case.partials_log.clear()
 
     def _step(self, once: bool) -> bool:
         """One poll; returns False when `once` and the queue answered empty."""
-        result = self.drain.poll(0.0 if once else self.poll_wait)
+        result = self.use_case.poll(0.0 if once else self.poll_wait)
         self._recovered()
         for o in self.observers:
             o.polled(result)
@@ -143,7 +152,7 @@ class Worker:
             o.faulted(self._fault is None)
         if self._fault is None:
             event(log, "fault", logging.ERROR, error=str(exc), retry_in_s=retry_in,
-                  held_batches=len(self.drain.held))
+                  held_batches=len(self.use_case.held))
         self._fault = str(exc)
 
     def _recovered(self) -> None:
@@ -178,10 +187,10 @@ class Worker:
             now = self._now()
             if now >= until:
                 return
-            due = self.drain.next_hold()
+            due = self.use_case.next_hold()
             if due is not None and now >= max(due, retry_hold_at):
                 try:
-                    self.drain.hold()
+                    self.use_case.hold()
                     retry_hold_at = now + 0.05  # a tiny visibility timeout must not spin here
                 except FAULTS:
                     retry_hold_at = now + self.min_backoff  # the queue is down too
@@ -197,7 +206,7 @@ class Worker:
         backoff = self.min_backoff
         while True:
             try:
-                files = self.drain.flush_all()
+                files = self.use_case.flush_all()
             except FAULTS as exc:
                 self._faulted(exc, backoff)
                 # Room is left for the give-up below before the signal handler's hard stop.
@@ -215,9 +224,9 @@ class Worker:
 
     def _give_up(self, exc: Exception) -> None:
         # Not deleted, so the messages come back; released, they come back at once.
-        held = sum(len(b.envelopes) for b in self.drain.held)
+        held = sum(len(b.envelopes) for b in self.use_case.held)
         try:
-            released = self.drain.release()
+            released = self.use_case.release()
         except FAULTS:
             released = 0
         event(log, "final_flush_failed", logging.ERROR, error=str(exc), held_messages=held,
