@@ -129,7 +129,7 @@ def _key(p: Pipeline, patterns: list[str]) -> str:
     start is seconds here."""
     (p.data_dir / "data").mkdir(parents=True, exist_ok=True)
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    store = create_container(load_settings(p.env)).keys()
+    store = create_container(load_settings(p.env)).api_keys()
     store.add(new_stored_key(key_id, secret, "e2e", patterns, datetime.now(UTC)))
     return format_key(key_id, secret)
 
