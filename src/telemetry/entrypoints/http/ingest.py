@@ -19,9 +19,9 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import State
 
+from telemetry.domain.accept import AcceptReadings
 from telemetry.domain.errors import Forbidden, InvalidReadings, QueueUnavailable
 from telemetry.domain.ratelimit import RateLimiter
-from telemetry.domain.accept import AcceptReadings
 from telemetry.entrypoints.http import bodies
 from telemetry.entrypoints.http.errors import (
     QueueUnavailableError,
