@@ -21,7 +21,8 @@ def _demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
     env["TELEMETRY_DATA_DIR"] = str(tmp_path / "data")
     return subprocess.run([sys.executable, "-m", "telemetry", "demo", *args], env=env,
-                          cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+                          cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
+                          preexec_fn=lambda: os.umask(0))
 
 
 def _number(report: str, label: str) -> int:
@@ -36,6 +37,13 @@ def test_demo_with_the_simulated_fleet_passes(tmp_path: Path) -> None:
     assert "-> PASS" in out.stdout
     # 5 vehicles x 5 Hz x 3 s, every one stored and counted once
     assert _number(out.stdout, "stored in the lake") == 75
+    # Everything the demo leaves (its server's log and the HTML report included) is the user's
+    # alone, though it ran with umask 0.
+    data = tmp_path / "data"
+    assert (data / "report.html").is_file() and (data / "serve.log").is_file()
+    wide = [f"{oct(p.stat().st_mode & 0o777)} {p}" for p in [data, *data.rglob("*")]
+            if p.stat().st_mode & 0o077]
+    assert not wide, wide
 
 
 def test_demo_replaying_the_truck_log_passes(tmp_path: Path) -> None:

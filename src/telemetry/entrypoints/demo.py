@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import math
 import os
 import secrets
 import socket
@@ -26,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from telemetry.adapters.private_files import make_private_dirs, open_private
 from telemetry.domain import lake
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.api_keys import format_key, new_stored_key
@@ -106,6 +108,11 @@ def _replay_files(args: argparse.Namespace) -> tuple[str, Path, Path, Path | Non
     return name, dbc, log, map_path
 
 
+def _mean(value: float) -> str:
+    """A mean for the table; '-' for a vehicle without that signal."""
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
 def run_demo(args: argparse.Namespace) -> int:
     if getattr(args, "replay", None) or getattr(args, "log", None):
         # Check the files before any process starts; the CAN extras are optional.
@@ -156,7 +163,7 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
     }
     settings = load_settings(env)
     logs.configure(settings.log_format, settings.log_level)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(data_dir)
     container = create_container(settings)
     run_id = secrets.token_hex(3)
     prefix = f"demo-{run_id}"
@@ -168,7 +175,8 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server_log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 - closed below
+    server_log = os.fdopen(  # closed below
+        open_private(data_dir / "serve.log", os.O_WRONLY | os.O_APPEND), "ab")
     server = subprocess.Popen(
         [sys.executable, "-m", "telemetry", "serve", "--port", str(port)],
         env=env, stdout=server_log, stderr=subprocess.STDOUT,
@@ -297,8 +305,8 @@ def _report(container: Container, sim: Any, stats: Any, results: Any, prefix: st
         for line in [r for r in rows if r.hour_start == hour][:10]:
             sp = line.signals.get("Vehicle.Speed", {}).get("mean", float("nan"))
             charge = line.signals.get(SOC, {}).get("mean", float("nan"))
-            print(f"  {line.vehicle_id:<18} {line.readings:>8}  {sp:>9.1f}  "
-                  + (f"{charge:>10.1f}  " if soc else "")
+            print(f"  {line.vehicle_id:<18} {line.readings:>8}  {_mean(sp):>9}  "
+                  + (f"{_mean(charge):>10}  " if soc else "")
                   + f"{line.first_ts:%H:%M:%S} .. {line.last_ts:%H:%M:%S}")
     ok = not missing and not unexpected and not miscounted and s.accepted > 0
     print()

@@ -21,6 +21,7 @@ import gzip
 import html
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from telemetry.adapters.private_files import make_private_dirs, open_private
 from telemetry.domain import lake
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.errors import NotFound, QueueUnavailable, StorageUnavailable
@@ -507,9 +509,11 @@ def _triggers_table(rows: Sequence[TriggerResult]) -> str:
 
 
 def write(path: Path, report: ReportInput) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The report, 0600 like every file of the pipeline: it shows where vehicles drove."""
+    make_private_dirs(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(report), encoding="utf-8")
+    with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as f:
+        f.write(render(report))
     tmp.replace(path)
     return path
 
