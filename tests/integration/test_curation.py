@@ -273,3 +273,27 @@ def test_raw_files_expired_under_a_parquet_lake_lose_no_curated_reading(tmp_path
     assert storage.get(lake.aggregate_key(H1)) == before
     same_readings(curated_readings(storage, ParquetFormat(), H1),
                   in_order([*truth[H1], late]))
+
+
+def test_a_pass_killed_after_its_deletes_but_before_its_state_loses_nothing() -> None:
+    """The state still names the parts that pass deleted: the next pass goes by the manifest
+    (written before any delete), so the readings of retired raw files are not lost."""
+    storage = MemoryStorage()
+    truth = lake_with_copies(storage, random.Random(11))
+    clock = after(H2, 600)
+    curate = CurateHours(storage, clock, JsonLinesGzip(), grace=600, part_bytes=30_000)
+    service = AggregateHours(storage)
+    curate.changed(service.raw_hours())
+    for key in storage.list(lake.raw_prefix(H1)):  # retired
+        storage.delete(key)
+    late = Record("late", "v0", H1 + timedelta(minutes=1), clock.now(), {"Vehicle.Speed": 1.5})
+    write_raw(storage, H1, "late", [late])
+    late2 = Record("late2", "v0", H1 + timedelta(minutes=2), clock.now(), {"Vehicle.Speed": 2.5})
+    # Dies between its deletes and `record`: the stale parts it deleted are still in the state.
+    curate.write(H1, service.raw_hours()[lake.format_hour(H1)])
+    write_raw(storage, H1, "late2", [late2])
+    raw = service.raw_hours()
+    service.changed(inputs=curate.aggregation_inputs(raw))
+    assert [r.hour for r in curate.changed(raw)] == [H1]
+    same_readings(curated_readings(storage, JsonLinesGzip(), H1),
+                  in_order([*truth[H1], late, late2]))

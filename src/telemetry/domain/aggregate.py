@@ -187,9 +187,11 @@ class AggregateHours:
         time), one after the other here, or by `run` (which may use other processes).
         `inputs`: the files of each hour, when not `raw_hours()` (see `CurateHours`)."""
         state = self._state()
+        # An empty `inputs` means every hour was held back (CurateHours), not "all of them".
+        files = inputs if inputs is not None else self.raw_hours()
         todo = [
             (lake.parse_hour(hour_text), keys)
-            for hour_text, keys in sorted((inputs or self.raw_hours()).items())
+            for hour_text, keys in sorted(files.items())
             if sorted(state.hours.get(hour_text, [])) != sorted(keys)
         ]
         keys_of = {lake.format_hour(h): keys for h, keys in todo}

@@ -281,8 +281,9 @@ class CurateHours:
             present = out.get(text, [])
             if not set(done.sources) - set(present):
                 continue
-            if all(_raw_like(k) for k in done.parts):
-                out[text] = sorted({*present, *done.parts})
+            parts = self._current_parts(lake.parse_hour(text), done)
+            if all(_raw_like(k) for k in parts):
+                out[text] = sorted({*present, *parts})
             else:
                 # Parquet parts cannot be read as raw lines: the hour's aggregate stays as it
                 # is rather than be rewritten from what is left of its raw files.
@@ -330,7 +331,7 @@ class CurateHours:
         if done is not None:
             gone = set(done.sources) - sources
             if gone:  # retired raw files: their readings are in the current curated parts
-                for key in done.parts:
+                for key in self._current_parts(hour, done):
                     fmt = _JSONL if _raw_like(key) else self.fmt
                     records.extend(fmt.decode(self.storage.get(key)))
                 sources |= gone
@@ -358,6 +359,13 @@ class CurateHours:
             self.storage.delete(k)
         return CurateResult(hour, names, len(readings), raw_records, len(keys),
                             sum(map(len, parts)), len(stale), sorted(sources))
+
+    def _current_parts(self, hour: datetime, done: _HourState) -> list[str]:
+        """The hour's parts as its manifest names them: the manifest is written before anything
+        is deleted, so it names parts that exist even when a run died before `record` (whose
+        state may still name parts that run deleted)."""
+        manifest = read_manifest(self.storage, hour)
+        return done.parts if manifest is None else [p.key for p in manifest.parts]
 
     def _read_raw(self, key: str) -> list[Record]:
         data = self.storage.get(key)

@@ -206,7 +206,7 @@ def cmd_aggregate(args: argparse.Namespace) -> int:
     if jobs < 1:
         print("telemetry aggregate: --jobs must be at least 1", file=sys.stderr)
         return 2
-    curation = create_container(s).curate_hours() if s.curate else None
+    curation = container.curate_hours() if s.curate else None
     if args.hour:
         try:
             hour = parse_hour(args.hour)

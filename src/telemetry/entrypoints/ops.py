@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,9 @@ from typing import Any
 import uvicorn
 
 from telemetry.entrypoints import slow_clients
+from telemetry.entrypoints.logs import event
+
+log = logging.getLogger("telemetry")
 
 
 class _Server(uvicorn.Server):
@@ -62,6 +66,8 @@ class OpsListener:
             raise OSError(f"operations listener on {self.host}:{self.port} "
                           f"(TELEMETRY_OPS_HOST, TELEMETRY_OPS_PORT): {exc}") from exc
         self.port = sock.getsockname()[1]  # port 0: the one the system chose
+        # With port 0 this line is the only way to find /metrics, /readyz and /schema.
+        event(log, "ops_listening", url=f"http://{self.host}:{self.port}")
         config = uvicorn.Config(self.app, lifespan="off", access_log=False, log_config=None,
                                 http=slow_clients.HeaderDeadlineProtocol)
         return _Server(config), sock
