@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import boto3
     from moto import mock_aws
     from moto.sqs import models
-    from tests.support.moto import faster_moto_receive
 
     from telemetry.adapters.s3 import S3Storage
     from telemetry.adapters.sqs import SqsQueue
     from telemetry.entrypoints.aws import provision
+    from telemetry.entrypoints.local_aws import faster_moto_receive
 
     # moto's receive costs O(backlog) per message; the project's O(1) patch of moto's retention
     # check keeps a 200,000-reading backlog drainable (it changes no count of calls).

@@ -21,7 +21,7 @@ import pytest
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.readings import Reading, ReadingRules
-from telemetry.entrypoints.aws import FAKE_CREDENTIALS
+from telemetry.entrypoints.local_aws import FAKE_CREDENTIALS
 from tests.e2e.conftest import Pipeline
 from tests.support.ingest import SyncIngest
 

@@ -12,7 +12,7 @@ import pytest
 import telemetry
 import telemetry.adapters
 import telemetry.entrypoints
-from telemetry.entrypoints import aws, cli
+from telemetry.entrypoints import cli
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -67,7 +67,7 @@ def test_demo_on_aws_says_what_to_install_without_moto(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = importlib.util.find_spec
-    monkeypatch.setattr(aws.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "moto" else real(name, *a))
     code, _, err = _run(capsys, "demo", "--backend", "aws")
     assert code == 2

@@ -31,38 +31,19 @@ import pytest
 from telemetry.adapters.aws_client import make_client
 from telemetry.adapters.s3 import S3Storage, ensure_bucket
 from telemetry.adapters.sqs import QueueSpec, SqsQueue, ensure_queue
-from telemetry.entrypoints.aws import FAKE_CREDENTIALS, MotoServer, local_aws_env
+from telemetry.entrypoints.local_aws import (
+    FAKE_CREDENTIALS,
+    REAL_CREDENTIALS,
+    MotoServer,
+    faster_moto_receive,
+    local_aws_env,
+    serve_moto,
+)
 
 REGION = "us-east-1"
 ROOT = Path(__file__).resolve().parents[2]
 CLOCK_PATH = "/_tests/sqs-clock"
-_DROPPED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _server: MotoServer | None = None
-
-
-def faster_moto_receive(backend_class: Any = None) -> Callable[..., bool] | None:
-    """An O(1) replacement for moto's retention check, or None if moto changed shape.
-
-    moto checks each message it hands out by building all of its queue's attributes, which
-    counts every message in the queue: a receive from a backlog costs O(n) per message. Same
-    rule, read from the queue directly.
-    """
-    from moto.sqs import models
-
-    if backend_class is None:
-        backend_class = models.SQSBackend
-    if not hasattr(backend_class, "is_message_valid_based_on_retention_period"):
-        return None
-
-    def is_message_valid_based_on_retention_period(self: Any, queue_name: str,
-                                                   message: Any) -> bool:
-        queue = self.get_queue(queue_name)
-        retain_until = int(queue.message_retention_period) + message.sent_timestamp / 1000
-        # Looked up at each call, not bound once: tests move moto's clock by replacing it.
-        now = models.unix_time()  # type: ignore[attr-defined]
-        return bool(retain_until > now)
-
-    return is_message_valid_based_on_retention_period
 
 
 # ------------------------------------------------------------------ moto's SQS clock
@@ -91,16 +72,13 @@ def shift_sqs_clock(models: Any, offset: Callable[[], float]) -> Callable[[], No
 
 
 def serve_with_clock(argv: list[str]) -> None:
-    """The moto server for tests (run in its own process): the faster retention check, and
+    """The demo's moto server (`serve_moto`, run in its own process) with
     `POST /_tests/sqs-clock?advance=SECONDS` to move its SQS clock."""
     import moto.server
     from moto.sqs import models
 
     offset = [0.0]
     shift_sqs_clock(models, lambda: offset[0])
-    fast = faster_moto_receive(models.SQSBackend)
-    if fast is not None:
-        models.SQSBackend.is_message_valid_based_on_retention_period = fast  # type: ignore[method-assign]
     app = moto.server.DomainDispatcherApplication
     moto_call = app.__call__
 
@@ -113,7 +91,7 @@ def serve_with_clock(argv: list[str]) -> None:
         return moto_call(self, environ, start_response)
 
     app.__call__ = call  # type: ignore[method-assign]
-    moto.server.main(argv)
+    serve_moto(argv)
 
 
 def shared_server_url() -> str:
@@ -211,7 +189,7 @@ def moto_server_url() -> str:
 
 
 def _fake_credentials(mp: pytest.MonkeyPatch) -> None:
-    for k in _DROPPED:
+    for k in REAL_CREDENTIALS:
         mp.delenv(k, raising=False)
     for k, v in FAKE_CREDENTIALS.items():
         mp.setenv(k, v)

@@ -135,7 +135,7 @@ def run_demo(args: argparse.Namespace) -> int:
         args.replay_files = files
     if getattr(args, "backend", "embedded") != "aws":
         return _run_demo(args, {})
-    from telemetry.entrypoints.aws import local_stack, patched_environ
+    from telemetry.entrypoints.local_aws import local_stack, patched_environ
 
     with contextlib.ExitStack() as stack:
         try:
