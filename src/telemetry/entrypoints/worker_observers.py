@@ -33,7 +33,7 @@ def observers(settings: Settings, drain: DrainBatches, *, listen: bool = True) -
     depth = queue.depth if isinstance(queue, QueueDepthProbe) else None
     metrics = WorkerMetrics(depth)
     publisher = StatePublisher(drain.storage, window_s=settings.trigger_window,
-                               every=settings.worker_state_every)
+                               every=settings.worker_state_every, clock=drain.clock)
     out = Observers(metrics, publisher, all=[metrics, publisher])
     if listen and settings.worker_metrics_port:
         try:

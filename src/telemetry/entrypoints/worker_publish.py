@@ -7,11 +7,12 @@ import logging
 import os
 import secrets
 import socket
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from telemetry.adapters.clock import SystemClock
 from telemetry.domain.drain import FileWritten, PollResult
 from telemetry.domain.errors import StorageUnavailable
+from telemetry.domain.ports.clock import Clock
 from telemetry.domain.ports.storage import Storage
 from telemetry.domain.worker_state import WorkerState, state_key, worker_name
 from telemetry.entrypoints.logs import event
@@ -29,18 +30,22 @@ class StatePublisher:
     effort: a failed write is logged once per run of failures and tried again later."""
 
     def __init__(self, storage: Storage, *, window_s: float, every: float,
-                 name: str | None = None, time_source: Callable[[], float] = time.time) -> None:
+                 name: str | None = None, clock: Clock | None = None) -> None:
         self.storage = storage
         self.every = every
-        self._time = time_source
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.state = WorkerState(name or worker_name(socket.gethostname(), os.getpid(),
                                                      secrets.token_hex(3)),
                                  slot_seconds(window_s), window_s + slot_seconds(window_s))
         self.key = state_key(self.state.worker)
         # The first publication waits a full interval: at start there is nothing to tell, and
         # the first file a worker writes stays its first raw file.
-        self._published_at = time_source()
+        self._published_at = self._time()
         self._failing = False
+
+    def _time(self) -> float:
+        """Epoch seconds: the slots are wall-clock time, read by other processes."""
+        return self._clock.now().timestamp()
 
     def polled(self, result: PollResult) -> None:
         self.state.received(self._time(), result.received, result.first_receives,
