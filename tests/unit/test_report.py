@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from dependency_injector import providers
+
+from telemetry.adapters.memory import MemoryStorage
+from telemetry.domain import lake
+from telemetry.domain.batching import BatchPolicy
+from telemetry.domain.drain import DrainBatches
 from telemetry.domain.latency import LatencyDistribution
-from telemetry.domain.readings import Record
+from telemetry.domain.readings import Reading, ReadingRules, Record
 from telemetry.domain.triggers import Measured, Measurements, Thresholds, evaluate
-from telemetry.entrypoints.report import ReportInput, render, signals_of
+from telemetry.domain.worker_state import STATE_PREFIX
+from telemetry.entrypoints.container import Container, create_container
+from telemetry.entrypoints.report import ReportInput, gather, render, signals_of
+from telemetry.entrypoints.settings import Settings, load_settings
+from telemetry.entrypoints.worker_publish import StatePublisher
+from tests.support.fakes import FakeClock
+from tests.support.ingest import SyncIngest
 
 T0 = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
 
@@ -66,3 +80,88 @@ def test_every_announced_chart_is_drawn_and_text_is_escaped() -> None:
 def test_without_a_vehicle_there_is_no_signal_section() -> None:
     page = render(_input())
     assert "signal:" not in page and "track" not in page
+
+
+# ---------------------------------------------------------------- gathering, from the lake
+
+
+class CountingStorage(MemoryStorage):
+    """The in-memory lake, counting what is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed: Counter[str] = Counter()
+        self.got: Counter[str] = Counter()
+
+    def list(self, prefix: str) -> list[str]:
+        self.listed[prefix] += 1
+        return super().list(prefix)
+
+    def get(self, key: str) -> bytes:
+        self.got[key] += 1
+        return super().get(key)
+
+
+def _pipeline(tmp_path: Path, *, resent: int, clock: FakeClock,
+              **env: str) -> tuple[Container, Settings, CountingStorage]:
+    """100 readings of one vehicle stored, `resent` of them sent a second time, a worker's
+    state published and the hour aggregated: what the demo leaves in its lake."""
+    settings = load_settings({"TELEMETRY_DATA_DIR": str(tmp_path), "TELEMETRY_QUEUE": "memory",
+                              "TELEMETRY_STORAGE": "memory", **env})
+    container = create_container(settings)
+    storage = CountingStorage()
+    container.storage.override(providers.Object(storage))
+    queue = container.queue()
+    ingest = SyncIngest(queue, clock, ReadingRules())
+    readings = [Reading("car-1", clock.now() - timedelta(minutes=30, seconds=i),
+                        {"Vehicle.Speed": float(i)}, f"r{i}") for i in range(100)]
+    ingest.execute(readings, None)
+    if resent:  # the same ids again: duplicates in the raw files
+        ingest.execute(readings[:resent], None)
+    pub = StatePublisher(storage, window_s=settings.trigger_window, every=0, name="w1",
+                         clock=clock)
+    DrainBatches(queue, storage, clock, BatchPolicy(max_age_seconds=0)).until_empty()
+    pub.publish()
+    container.aggregate_hours().changed()
+    return container, settings, storage
+
+
+NOW = FakeClock(datetime(2026, 11, 29, 2, 0, tzinfo=UTC))
+
+
+def test_gather_reads_the_worker_states_and_the_counts_once(tmp_path: Path) -> None:
+    container, settings, storage = _pipeline(tmp_path, resent=0, clock=NOW)
+    storage.listed.clear()
+    storage.got.clear()
+    r = gather(container, settings, now=NOW.time())
+    assert r.workers == 1 and r.duplicates and r.triggers  # both were used
+    assert storage.listed[STATE_PREFIX] == 1
+    assert storage.got[lake.AGGREGATE_STATE] == 1
+
+
+def test_the_demos_deliberate_resends_fire_the_duplicate_rate_as_expected(
+    tmp_path: Path,
+) -> None:
+    container, settings, _ = _pipeline(tmp_path, resent=3, clock=NOW)
+    plain = gather(container, settings, now=NOW.time())
+    [dup] = [t for t in plain.triggers if t.name == "duplicate_rate"]
+    assert dup.fires and dup.value_text == "3.00%"
+    assert plain.expected == {}
+    page = render(plain)
+    assert "FIRES: look at worker crash frequency" in page and 'class="expected"' not in page
+
+    demo = gather(container, settings, now=NOW.time(), resent_on_purpose=3)
+    assert "3 readings were sent twice on purpose" in demo.expected["duplicate_rate"]
+    assert "without them the rate is 0.00%" in demo.expected["duplicate_rate"]
+    page = render(demo)
+    assert '<tr class="expected"><td>duplicate_rate</td>' in page
+    assert "FIRES, expected here: 3 readings were sent twice" in page
+    assert "look at worker crash frequency" not in page
+
+
+def test_duplicates_beyond_the_deliberate_ones_still_fire_plainly(tmp_path: Path) -> None:
+    container, settings, _ = _pipeline(tmp_path, resent=3, clock=NOW)
+    # 1 of the 3 duplicates sent on purpose: the other 2 (2%) are over the 1% threshold.
+    r = gather(container, settings, now=NOW.time(), resent_on_purpose=1)
+    assert r.expected == {}
+    assert 'class="fires"><td>duplicate_rate</td>' in render(r)

@@ -216,7 +216,8 @@ def _run_demo(args: argparse.Namespace, backend_env: dict[str, str]) -> int:
     vehicle = f"{prefix}-{files[0]}" if files else None  # as `_drive` names it
     html = report.gather(container, settings, vehicle=vehicle,
                          signal_hours=[r.hour for r in results],
-                         title=f"telemetry demo {run_id}")
+                         title=f"telemetry demo {run_id}",
+                         resent_on_purpose=getattr(sim, "resent_readings", 0))
     print(f"HTML report: {report.write(data_dir / 'report.html', html)}")
     return code
 

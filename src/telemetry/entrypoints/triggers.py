@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,6 +60,9 @@ class Report:
     results: list[TriggerResult]
     window: Window
     depth: QueueDepth | None
+    # What was read to measure, for a caller that shows more of it (`telemetry report`).
+    states: list[WorkerState] = field(default_factory=list)
+    counts: dict[datetime, tuple[int, int]] = field(default_factory=dict)  # hour: raw, distinct
 
     @property
     def fires(self) -> bool:
@@ -73,33 +76,40 @@ def measure(container: Container, settings: Settings, now: float | None = None) 
     storage = container.storage()
     queue = container.queue()
     depth = queue.depth() if isinstance(queue, QueueDepthProbe) else None
-    w = window(worker_states(storage), now, t.window_s)
+    states = worker_states(storage)
+    counts = container.aggregate_hours().counts()
+    w = window(states, now, t.window_s)
     span = f"last {_span(t.window_s)}"
     by = f"{w.workers} worker(s)"
 
     send = Measured(w.totals.sends / w.seconds if w.workers else None,
                     f"first receives seen by {by} (>= SendMessageBatch calls)", span)
-    dup = _duplicates(container, t, now)
+    dup = _duplicates(counts, t, now)
     oldest = _oldest(depth, w, now)
     dist = w.totals.received_to_stored
     p99 = Measured(dist.percentile(99) / 1000 if dist.count else None,
                    f"{dist.count:,} readings stored by {by}", span)
     m = Measurements(send, dup, oldest, p99, settings.batch_max_age)
-    return Report(now, evaluate(m, t), w, depth)
+    return Report(now, evaluate(m, t), w, depth, states, counts)
 
 
 def _span(seconds: float) -> str:
     return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} min"
 
 
-def _duplicates(container: Container, t: Thresholds, now: float) -> Measured:
+def duplicate_counts(counts: dict[datetime, tuple[int, int]], t: Thresholds,
+                     now: float) -> tuple[int, int, int]:
+    """(raw lines, distinct readings, hours) of the hours the duplicate rate is measured over."""
     since = datetime.fromtimestamp(now, UTC) - timedelta(hours=t.duplicate_hours)
-    counts = {h: c for h, c in container.aggregate_hours().counts().items() if h >= since}
-    raw = sum(c[0] for c in counts.values())
-    distinct = sum(c[1] for c in counts.values())
+    recent = [c for h, c in counts.items() if h >= since]
+    return sum(c[0] for c in recent), sum(c[1] for c in recent), len(recent)
+
+
+def _duplicates(counts: dict[datetime, tuple[int, int]], t: Thresholds, now: float) -> Measured:
+    raw, distinct, hours = duplicate_counts(counts, t, now)
     return Measured(duplicate_rate(raw, distinct),
                     f"aggregation: {raw:,} raw lines, {distinct:,} distinct readings in "
-                    f"{len(counts)} hour(s)", f"event-time hours of the last {t.duplicate_hours} h")
+                    f"{hours} hour(s)", f"event-time hours of the last {t.duplicate_hours} h")
 
 
 def _oldest(depth: QueueDepth | None, w: Window, now: float) -> Measured:
