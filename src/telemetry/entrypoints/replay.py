@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,11 +30,20 @@ from telemetry.adapters.canlog import (
     scan_log,
 )
 from telemetry.adapters.ingest_client import ClientSummary, IngestClient
-from telemetry.domain.readings import MAX_VEHICLE_ID, MIN_TS, VEHICLE_ID_PATTERN
-from telemetry.entrypoints.fleet_client import IngestSender, gave_up, refused
+from telemetry.domain.readings import MAX_VEHICLE_ID, VEHICLE_ID_PATTERN
+from telemetry.entrypoints.fleet_client import (
+    IngestSender,
+    exit_status,
+    gave_up,
+    keep_error,
+    refused,
+    start_time,
+    stopped_after,
+    summary_line,
+    vehicle_id_ok,
+)
 from telemetry.entrypoints.progress import Progress
 
-_VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)
 # Contract default for the ingest's clock-skew check; a start later than this is refused there.
 _MAX_SKEW = timedelta(seconds=300)
 # With --speed pacing, a partly filled batch waits at most this long before it is sent.
@@ -122,12 +130,11 @@ def replay(
             result.accepted_ids.extend(ids)
             err = getattr(sender, "last_error", None)
             if not ids and batch_size and err is not None:
-                if len(result.errors) < 5:
-                    result.errors.append(str(err))
+                keep_error(result.errors, err)
                 # Every further request would fail the same way: stop instead of retrying the
                 # rest of the log for minutes. A 422 or 413 is about one request: go on.
                 if refused(err) or gave_up(err):
-                    raise _Stop(f"stopped after a request failed: {err}")
+                    raise _Stop(stopped_after(err))
         pending = []
 
     start = time.monotonic()
@@ -190,17 +197,7 @@ def _parse_time(value: str) -> TimeMode:
         return "original"
     if value == "now":
         return "now"
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: expected original, now or an RFC 3339 timestamp with offset"
-        ) from None
-    if ts.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{value!r}: the timestamp needs an offset (Z, +02:00)")
-    if ts < MIN_TS:
-        raise argparse.ArgumentTypeError(f"{value!r}: readings must not be before 2000-01-01")
-    return ts
+    return start_time(value, "original, now or an RFC 3339 timestamp with offset")
 
 
 def _parse_speed(value: str) -> float | None:
@@ -301,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
     err = sys.stderr
     dry_run = bool(getattr(args, "dry_run", False))
     vid = args.vehicle_id
-    if not (1 <= len(vid) <= MAX_VEHICLE_ID) or not _VEHICLE_RE.search(vid):
+    if not vehicle_id_ok(vid):
         print(f"telemetry replay: --vehicle-id {vid!r} must match {VEHICLE_ID_PATTERN}, "
               f"1-{MAX_VEHICLE_ID} chars", file=err)
         return 2
@@ -332,10 +329,7 @@ def run(args: argparse.Namespace) -> int:
     if r.stopped:
         print(f"telemetry replay: {r.stopped}", file=err)
     s = r.summary
-    print(f"sent={s.sent} accepted={s.accepted} rejected={s.rejected} retries={s.retries} "
-          f"elapsed_s={r.elapsed:.2f} rate={s.accepted / max(r.elapsed, 1e-9):.0f}/s", file=out)
+    print(summary_line(s, r.elapsed), file=out)
     if r.fatal:
         return 2
-    if r.interrupted:
-        return 130
-    return 0 if s.rejected == 0 and not r.stopped else 1
+    return exit_status(s, stopped=r.stopped, interrupted=r.interrupted)

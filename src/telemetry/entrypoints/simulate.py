@@ -13,7 +13,6 @@ import argparse
 import os
 import queue
 import random
-import re
 import sys
 import threading
 import time
@@ -25,12 +24,19 @@ from typing import Any, TextIO
 import msgspec
 
 from telemetry.adapters.ingest_client import ClientSummary, IngestClient
-from telemetry.domain.readings import MAX_VEHICLE_ID, MIN_TS, VEHICLE_ID_PATTERN
+from telemetry.domain.readings import MAX_VEHICLE_ID, VEHICLE_ID_PATTERN
 from telemetry.domain.simulation import Fleet, FleetConfig, FleetStats, ticks
-from telemetry.entrypoints.fleet_client import IngestSender, refused
+from telemetry.entrypoints.fleet_client import (
+    IngestSender,
+    exit_status,
+    keep_error,
+    refused,
+    start_time,
+    stopped_after,
+    summary_line,
+    vehicle_id_ok,
+)
 from telemetry.entrypoints.progress import Progress
-
-_VEHICLE_RE = re.compile(VEHICLE_ID_PATTERN)
 
 
 @dataclass
@@ -118,10 +124,9 @@ def simulate(
                             result.accepted_by_vehicle[v] = result.accepted_by_vehicle.get(v, 0) + 1
                     err = getattr(client, "last_error", None)
                     if not ids and err is not None:
-                        if len(result.errors) < 5:
-                            result.errors.append(str(err))
+                        keep_error(result.errors, err)
                         if refused(err):
-                            result.stopped = f"stopped after a request failed: {err}"
+                            result.stopped = stopped_after(err)
                             stop.set()
         finally:
             with lock:
@@ -190,18 +195,6 @@ def _dry_run(fleet: Fleet, n: int, dt: float, out: TextIO,
 # ------------------------------------------------------------------ command line
 
 
-def _start(value: str) -> datetime:
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: expected an RFC 3339 timestamp") from None
-    if ts.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{value!r}: the timestamp needs an offset (Z, +02:00)")
-    if ts < MIN_TS:
-        raise argparse.ArgumentTypeError(f"{value!r}: readings must not be before 2000-01-01")
-    return ts
-
-
 def _fraction(value: str) -> float:
     try:
         f = float(value)
@@ -232,7 +225,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--senders", type=int, default=4, help="concurrent HTTP senders")
     p.add_argument("--seed", type=int, default=0, help="random seed (deterministic fleet)")
     p.add_argument("--prefix", default="veh", help="vehicle id prefix: PREFIX-0000, ...")
-    p.add_argument("--start", type=_start, metavar="RFC3339",
+    p.add_argument("--start", type=start_time, metavar="RFC3339",
                    help="the fleet clock at the first reading (default: now)")
     p.add_argument("--electric-share", type=_fraction, default=0.3,
                    help="fraction of battery electric vehicles (default 0.3)")
@@ -261,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
               "> 0", file=err)
         return 2
     last_id = f"{args.prefix}-{args.vehicles - 1:04d}"
-    if len(last_id) > MAX_VEHICLE_ID or not _VEHICLE_RE.search(last_id):
+    if not vehicle_id_ok(last_id):
         print(f"telemetry simulate: --prefix {args.prefix!r} makes vehicle ids like {last_id!r}, "
               f"which must match {VEHICLE_ID_PATTERN}, 1-{MAX_VEHICLE_ID} chars", file=err)
         return 2
@@ -284,9 +277,5 @@ def run(args: argparse.Namespace) -> int:
     out = err if args.dry_run else sys.stdout
     print(f"readings={f.generated} late={f.late} bursts={f.bursts} "
           f"max_late_s={f.max_late_s:.1f}", file=out)
-    print(f"sent={s.sent} accepted={s.accepted} rejected={s.rejected} retries={s.retries} "
-          f"resent={r.resent_readings} elapsed_s={r.elapsed:.2f} "
-          f"rate={s.accepted / max(r.elapsed, 1e-9):.0f}/s", file=out)
-    if r.interrupted:
-        return 130
-    return 0 if s.rejected == 0 and not r.stopped else 1
+    print(summary_line(s, r.elapsed, f"resent={r.resent_readings} "), file=out)
+    return exit_status(s, stopped=r.stopped, interrupted=r.interrupted)
