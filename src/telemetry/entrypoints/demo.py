@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gzip
 import math
 import os
 import secrets
@@ -62,19 +61,10 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0)
 
 
 def _records(container: Container, prefix: str) -> list[Record]:
-    from msgspec.json import Decoder
-
-    dec = Decoder(Record)
-    storage = container.storage()
-    out: list[Record] = []
-    for key in storage.list(lake.RAW):
-        if not lake.is_raw_file(key):
-            continue
-        data = storage.get(key)
-        if key.endswith(".gz"):
-            data = gzip.decompress(data)
-        out.extend(r for r in dec.decode_lines(data) if r.vehicle_id.startswith(prefix))
-    return out
+    """Every raw line of this run's vehicles, read as aggregation reads them."""
+    keys = [k for k in container.storage().list(lake.RAW) if lake.is_raw_file(k)]
+    return [r for r in container.aggregate_hours().read_hour(keys)
+            if r.vehicle_id.startswith(prefix)]
 
 
 # The sample real-vehicle logs (`--replay car|truck|kona`) shipped in the package: DBC and log

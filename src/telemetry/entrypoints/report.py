@@ -17,7 +17,6 @@ The page's script checks that every chart it announces is there and marks `<body
 from __future__ import annotations
 
 import argparse
-import gzip
 import html
 import json
 import math
@@ -36,6 +35,7 @@ from telemetry.adapters.private_files import make_private_dirs, open_private
 from telemetry.domain import lake
 from telemetry.domain.aggregation import decode_aggregate_lines
 from telemetry.domain.errors import NotFound, QueueUnavailable, StorageUnavailable
+from telemetry.domain.hour_slices import read_raw
 from telemetry.domain.latency import LatencyDistribution
 from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record
@@ -128,10 +128,7 @@ def scan_raw(storage: Storage, hours: Iterable[datetime], vehicle: str | None,
             continue
         out.files += len(keys)
         for key in keys:
-            data = storage.get(key)
-            if key.endswith(".gz"):
-                data = gzip.decompress(data)
-            for r in _record_decoder.decode_lines(data):
+            for r in _record_decoder.decode_lines(read_raw(storage, key)):
                 ident = (r.vehicle_id, r.reading_id)
                 if ident in seen:
                     continue
