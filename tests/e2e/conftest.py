@@ -1,4 +1,5 @@
-"""Processes started as a user would: `python -m telemetry ...` with TELEMETRY_* settings."""
+"""Processes started as a user would: `python -m telemetry ...` with TELEMETRY_* settings (or,
+for the crash tests, through `python -m tests.support.launch`, which arms a crash point)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from tests.support import crash
+
 if TYPE_CHECKING:
     from tests.e2e.faulty_endpoint import FaultyEndpoint
 
@@ -26,6 +29,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _argv(args: tuple[str, ...], crash_at: str | None) -> list[str]:
+    start = [sys.executable, "-m", "telemetry"] if crash_at is None else crash.command(crash_at)
+    return [*start, *args]
+
+
 @dataclass
 class Pipeline:
     data_dir: Path
@@ -34,9 +42,12 @@ class Pipeline:
     url: str = ""
     ops_url: str = ""  # the operations listener: /metrics, /readyz, /schema
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, timeout: float = 60, crash_at: str | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        """`telemetry args`; `crash_at`: through the launcher, killed at that crash point
+        (tests/support/crash.py)."""
         return subprocess.run(
-            [sys.executable, "-m", "telemetry", *args],
+            _argv(args, crash_at), cwd=crash.REPO,
             env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
         )
 
@@ -45,10 +56,11 @@ class Pipeline:
         assert out.returncode == 0, out.stderr
         return out.stdout.strip().splitlines()[-1]
 
-    def start(self, *args: str, log_name: str) -> subprocess.Popen[bytes]:
+    def start(self, *args: str, log_name: str, crash_at: str | None = None
+              ) -> subprocess.Popen[bytes]:
         log = open(self.data_dir / f"{log_name}.log", "wb")  # noqa: SIM115
         p = subprocess.Popen(
-            [sys.executable, "-m", "telemetry", *args],
+            _argv(args, crash_at), cwd=crash.REPO,
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         self.procs.append(p)
@@ -61,9 +73,9 @@ class Pipeline:
         self.env["TELEMETRY_OPS_PORT"] = str(ops)
         return port
 
-    def serve(self, *args: str) -> subprocess.Popen[bytes]:
+    def serve(self, *args: str, crash_at: str | None = None) -> subprocess.Popen[bytes]:
         port = self.use_ports()
-        p = self.start("serve", "--port", str(port), *args, log_name="serve")
+        p = self.start("serve", "--port", str(port), *args, log_name="serve", crash_at=crash_at)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert p.poll() is None, self.log("serve")

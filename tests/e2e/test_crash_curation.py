@@ -19,6 +19,7 @@ from telemetry.domain import lake
 from telemetry.domain.curation import JsonLinesGzip, curated_prefix, read_manifest
 from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record, encode_records
+from tests.support import crash
 
 pytestmark = pytest.mark.e2e
 
@@ -26,10 +27,11 @@ HOUR = datetime(2026, 11, 29, 1, tzinfo=UTC)
 FMT = JsonLinesGzip()
 
 
-def aggregate(env: dict[str, str], crash: str | None = None) -> subprocess.CompletedProcess[str]:
-    run_env = {**env, "TELEMETRY_TEST_CRASH_AT": crash} if crash else env
-    return subprocess.run([sys.executable, "-m", "telemetry", "aggregate", "--jobs", "1"],
-                          env=run_env, capture_output=True, text=True, timeout=120, check=False)
+def aggregate(env: dict[str, str], point: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`telemetry aggregate`; with `point`, through the launcher that arms it."""
+    start = [sys.executable, "-m", "telemetry"] if point is None else crash.command(point)
+    return subprocess.run([*start, "aggregate", "--jobs", "1"], cwd=crash.REPO,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 def records(first: int, n: int) -> list[Record]:

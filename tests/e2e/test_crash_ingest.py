@@ -14,7 +14,6 @@ import pytest
 
 from tests.e2e.conftest import Pipeline
 from tests.e2e.test_crash_worker import (
-    CRASH_ENV,
     assert_queue_intact,
     check_ledger,
     crash_env,
@@ -75,10 +74,7 @@ def test_ingest_killed_mid_request(pipeline: Pipeline) -> None:
 
     # Restart serve: it answers 202 again, into the same queue. This time it dies at the
     # crash point right after its second request is enqueued, before the answer.
-    env = p.env
-    p.env = {**env, CRASH_ENV: "ingest.after_enqueue:2"}
-    serve = p.serve()
-    p.env = env
+    serve = p.serve(crash_at="ingest.after_enqueue:2")
     top_hour = top - timedelta(hours=2)
     ledger += post_all(p.url, key, readings_for(top_hour, 50, vehicles=5), per_request=50)
     unanswered = readings_for(top_hour, 10, vehicles=5, pad=1)

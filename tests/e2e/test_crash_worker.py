@@ -1,4 +1,4 @@
-"""The worker SIGKILLed at chosen points (TELEMETRY_TEST_CRASH_AT), then restarted: every reading
+"""The worker SIGKILLed at chosen points (tests/support/crash.py), then restarted: every reading
 answered 202 is in the lake, no partial file is visible, and aggregates count each reading once.
 The SQLite queue passes `PRAGMA integrity_check` after every kill.
 
@@ -15,7 +15,6 @@ import random
 import secrets
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -30,15 +29,13 @@ from telemetry.adapters.api_key_file import FileApiKeyStore
 from telemetry.adapters.filesystem import _WRITE_CHUNK, FilesystemStorage
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.api_keys import format_key, new_stored_key
-from telemetry.entrypoints import crashpoints
 from telemetry.entrypoints.container import create_container
-from telemetry.entrypoints.settings import ConfigError, Settings
+from telemetry.entrypoints.settings import Settings, load_settings
 from tests.e2e.conftest import Pipeline
 from tests.support import crash
 
 pytestmark = pytest.mark.e2e
 
-CRASH_ENV = "TELEMETRY_TEST_CRASH_AT"
 VISIBILITY = 1.0  # seconds until a dead worker's messages come back
 
 
@@ -159,10 +156,7 @@ def check_ledger(
 
 
 def run_until_killed(p: Pipeline, point: str, *args: str) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "telemetry", *args],
-        env={**p.env, CRASH_ENV: point}, capture_output=True, text=True, timeout=60, check=False,
-    )
+    out = p.cli(*args, crash_at=point)
     assert out.returncode == -9, out.stderr
     assert f"crashpoint {point.partition(':')[0]}" in out.stderr
     return out
@@ -277,35 +271,25 @@ def test_worker_killed_after_writing_a_file_before_deleting_its_messages(
 # ---------------------------------------------------------------- the hook itself
 
 
-def test_crash_points_are_off_unless_the_variable_is_set(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv(CRASH_ENV, raising=False)
-    settings = Settings(data_dir=tmp_path)
-    plain = create_container(settings)
+def test_the_product_wraps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEMETRY_DATA_DIR", str(tmp_path))
+    # The variable that once armed crash points in the product: nothing reads it any more.
+    monkeypatch.setenv("TELEMETRY_TEST_CRASH_AT", "storage.mid_write")
+    plain = create_container(load_settings())
     assert type(plain.queue()) is SqliteQueue  # nothing wrapped: the hot path is untouched
     assert type(plain.storage()) is FilesystemStorage
-
-    monkeypatch.setenv(CRASH_ENV, "storage.mid_write:3")
-    crashing = create_container(settings)
-    assert isinstance(crashing.queue(), crashpoints.CrashingQueue)
-    assert isinstance(crashing.storage(), crashpoints.CrashingStorage)
-
-
-@pytest.mark.parametrize("bad", ["worker.nowhere", "worker.after_receive:0", "storage.mid_write:x"])
-def test_a_bad_crash_point_names_the_variable(bad: str) -> None:
-    with pytest.raises(ConfigError, match=CRASH_ENV):
-        crashpoints.from_env({CRASH_ENV: bad})
 
 
 def test_the_launcher_wraps_only_what_it_is_told_to(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
     container = create_container(settings)
-    crash.install(container, crash.parse_crash_at("storage.mid_write:3"))
+    armed = crash.parse_crash_at("storage.mid_write:3")
+    crash.install(container, armed)
     assert isinstance(container.queue(), crash.CrashingQueue)
     storage = container.storage()
     assert isinstance(storage, crash.CrashingStorage)
     assert isinstance(storage._inner, crash.KillableFilesystemStorage)
+    assert container.curate_hours()._step == armed.step  # curation passes its own points
 
 
 @pytest.mark.parametrize("bad", ["worker.nowhere", "worker.after_receive:0", "storage.mid_write:x"])

@@ -17,6 +17,7 @@ from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.readings import Reading
 from telemetry.entrypoints.container import create_container
 from telemetry.entrypoints.settings import Settings
+from tests.support import crash
 
 pytestmark = pytest.mark.e2e
 
@@ -25,8 +26,11 @@ pytestmark = pytest.mark.e2e
 VT = 10
 
 
-def _telemetry(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "telemetry", *argv], env=env,
+def _telemetry(env: dict[str, str], *argv: str, crash_at: str | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    """`telemetry argv`; `crash_at`: through the launcher, which arms that crash point."""
+    start = [sys.executable, "-m", "telemetry"] if crash_at is None else crash.command(crash_at)
+    return subprocess.run([*start, *argv], env=env, cwd=crash.REPO,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -57,8 +61,8 @@ def test_once_reports_what_a_killed_worker_left_and_wait_drains_it(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
     env.update(TELEMETRY_DATA_DIR=str(tmp_path), TELEMETRY_VISIBILITY_TIMEOUT=str(VT))
     # A worker claims three messages and is killed before it writes anything.
-    killed = _telemetry({**env, "TELEMETRY_TEST_CRASH_AT": "worker.after_receive",
-                         "TELEMETRY_RECEIVE_MAX": "3"}, "worker")
+    killed = _telemetry({**env, "TELEMETRY_RECEIVE_MAX": "3"}, "worker",
+                        crash_at="worker.after_receive")
     assert killed.returncode == -9, killed.stderr
 
     once = _telemetry(env, "worker", "--once")

@@ -4,8 +4,9 @@
 
 builds the container as `telemetry` does, wraps its queue and storage (`install`) and runs the
 command: the process kills itself the nth time (default 1) it passes `<point>`. The product
-reads no test variable and holds no hook; the only seams are the container's providers and
-`FilesystemStorage`'s `_write_chunk` and `_publish`.
+reads no test variable and holds no hook; the only seams are the container's providers (the
+queue, the storage, and the `step` that `CurateHours` takes) and `FilesystemStorage`'s
+`_write_chunk` and `_publish`.
 
 SIGKILL, not an exception or `os._exit`: no `finally`, no flush, no atexit, no temp-file
 cleanup, just as with the OOM killer or a power cut (minus the page cache).
@@ -126,10 +127,6 @@ class CrashingStorage:
         if key.startswith("raw/"):
             self._crash.step("worker.after_put_before_delete")
 
-    def step(self, point: str) -> None:
-        """For use cases that pass points of their own (curation)."""
-        self._crash.step(point)
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
@@ -160,8 +157,14 @@ def install(container: Container, crash: CrashAt) -> None:
         storage = KillableFilesystemStorage(storage.root, crash)
     container.queue.override(providers.Object(CrashingQueue(queue, crash)))
     container.storage.override(providers.Object(CrashingStorage(storage, crash)))
+    # Curation passes points of its own (`CurateHours(step=...)`).
+    container.curate_hours.add_kwargs(step=crash.step)
+
+
+# `python -m tests.support.launch` imports `tests` from the working directory: run it from here.
+REPO = Path(__file__).resolve().parents[2]
 
 
 def command(point: str) -> list[str]:
-    """The start of a command line running `telemetry` with `point` armed."""
+    """The start of a command line running `telemetry` with `point` armed (cwd: REPO)."""
     return [sys.executable, "-m", "tests.support.launch", "--crash-at", point, "--"]

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     container = create_container(load_settings())
     if ns.crash_at is not None:
         crash.install(container, ns.crash_at)
-    return cli.main(args, container=container)  # type: ignore[call-arg]
+    return cli.main(args, container=container)
 
 
 if __name__ == "__main__":

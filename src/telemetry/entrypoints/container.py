@@ -1,11 +1,17 @@
 """The composition root: configuration -> adapters -> use cases.
 
 Built by the entrypoints (`create_container`), never at import time. Tests override any provider
-(`container.queue.override(providers.Object(fake))`) instead of patching modules.
+(`container.queue.override(providers.Object(fake))`) instead of patching modules; the crash tests
+hand a container so overridden to the command line (`cli.main(argv, container=...)`).
+
+Every long-lived object of a process comes from here: the adapters, the use cases, and what the
+entrypoints run on them (the ingest's metrics and sender threads, the worker and its observers).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +29,6 @@ from telemetry.domain.batching import BatchPolicy
 from telemetry.domain.drain import DrainBatches
 from telemetry.domain.ratelimit import RateLimiter
 from telemetry.domain.readings import ReadingRules
-from telemetry.entrypoints import crashpoints
 from telemetry.entrypoints.settings import ConfigError, Settings
 
 _CREATE_HINT = "create it with `telemetry aws init` (docs/deploy-aws.md)"
@@ -47,7 +52,8 @@ def _sqs_queue(**kwargs: Any) -> Any:
 
 
 def _curate_hours(storage: Any, clock: Any, *, curated_format: str, grace: float,
-                  part_bytes: int, raw_retention: float) -> Any:
+                  part_bytes: int, raw_retention: float,
+                  step: Callable[[str], None] | None = None) -> Any:
     from telemetry.domain.curation import CuratedFormat, CurateHours, JsonLinesGzip
 
     fmt: CuratedFormat
@@ -59,9 +65,34 @@ def _curate_hours(storage: Any, clock: Any, *, curated_format: str, grace: float
         fmt = ParquetFormat()
     else:
         fmt = JsonLinesGzip()
-    step = getattr(storage, "step", None)
     return CurateHours(storage, clock, fmt, grace=grace, part_bytes=part_bytes,
                        raw_retention=raw_retention or None, step=step)
+
+
+def _ingest_metrics() -> Any:
+    from telemetry.entrypoints.metrics import IngestMetrics  # prometheus_client: serve only
+
+    return IngestMetrics()
+
+
+def _sender(queue: Any) -> Any:
+    from telemetry.entrypoints.http.sender import SEND_THREADS, Sender
+
+    return Sender(queue.send, SEND_THREADS)
+
+
+def _worker_observers(settings: Settings, drain: Any) -> Any:
+    from telemetry.entrypoints.worker_observers import observers
+
+    return observers(settings, drain)
+
+
+def _worker(drain: Any, stop: threading.Event, clock: Any, settings: Settings,
+            watch: Any) -> Any:
+    from telemetry.entrypoints.worker import Worker
+
+    return Worker(drain, stop, clock=clock, shutdown_deadline=settings.shutdown_deadline,
+                  observers=watch.all)
 
 
 def _s3_storage(**kwargs: Any) -> Any:
@@ -142,6 +173,18 @@ class Container(containers.DeclarativeContainer):
         raw_retention=settings.provided.raw_retention,
     )
 
+    # `serve`: one of each per server process, shared by its public and operations apps
+    ingest_metrics = providers.Singleton(_ingest_metrics)
+    sender = providers.Singleton(_sender, queue)  # the threads that run the queue's sends
+
+    # `worker`: the drain loop, what it stops on (the signal handlers set it), and what
+    # watches it (metrics, with their listener when TELEMETRY_WORKER_METRICS_PORT is on; the
+    # state published to the lake)
+    worker_stop = providers.Singleton(threading.Event)
+    worker_observers = providers.Singleton(_worker_observers, settings, drain_batches)
+    worker = providers.Singleton(_worker, drain_batches, worker_stop, clock, settings,
+                                 worker_observers)
+
 
 def check_backends(container: Container, settings: Settings) -> None:
     """Build the cloud adapters now, so that a missing region, credentials, queue or bucket
@@ -158,21 +201,4 @@ def check_backends(container: Container, settings: Settings) -> None:
 
 
 def create_container(settings: Settings) -> Container:
-    container = Container(settings=settings)
-    crash = crashpoints.from_env()
-    if crash is not None:
-        _install_crashpoints(container, crash)
-    return container
-
-
-def _install_crashpoints(container: Container, crash: crashpoints.CrashAt) -> None:
-    """Crash tests only (TELEMETRY_TEST_CRASH_AT): the ports wrapped in kill points.
-
-    The adapters are built here, eagerly: an override that wrapped the provider it replaces
-    would call itself."""
-    queue = container.queue()
-    storage = container.storage()
-    if isinstance(storage, FilesystemStorage):
-        storage = crashpoints.KillableFilesystemStorage(storage.root, crash)
-    container.queue.override(providers.Object(crashpoints.CrashingQueue(queue, crash)))
-    container.storage.override(providers.Object(crashpoints.CrashingStorage(storage, crash)))
+    return Container(settings=settings)

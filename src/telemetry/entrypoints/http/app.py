@@ -12,8 +12,6 @@ from litestar.openapi import OpenAPIConfig
 from telemetry.entrypoints.container import Container
 from telemetry.entrypoints.http import ingest, operations
 from telemetry.entrypoints.http.openapi import openapi_config
-from telemetry.entrypoints.http.sender import SEND_THREADS, Sender
-from telemetry.entrypoints.metrics import IngestMetrics
 from telemetry.entrypoints.ops import OpsListener
 from telemetry.entrypoints.settings import Settings
 
@@ -33,15 +31,14 @@ class IngestApps:
     ops: Litestar
 
 
-def create_apps(
-    container: Container, *, metrics: IngestMetrics | None = None, serve_ops: bool = False,
-) -> IngestApps:
-    """The public and operations apps; `serve_ops`: the public app's start also starts the
-    operations listener on TELEMETRY_OPS_HOST:TELEMETRY_OPS_PORT (as `serve` does)."""
+def create_apps(container: Container, *, serve_ops: bool = False) -> IngestApps:
+    """The public and operations apps, on the container's metrics and sender; `serve_ops`: the
+    public app's start also starts the operations listener on TELEMETRY_OPS_HOST:
+    TELEMETRY_OPS_PORT unless that is off (as `serve` does)."""
     settings = container.settings()
-    stats = metrics if metrics is not None else IngestMetrics()
+    stats = container.ingest_metrics()
     queue, clock = container.queue(), container.clock()
-    sender = Sender(queue.send, SEND_THREADS)
+    sender = container.sender()
     state = {
         "metrics": stats,
         "ingest": ingest.IngestEndpoint(
@@ -56,7 +53,9 @@ def create_apps(
     ops = _litestar(
         [post_readings, operations.healthz, operations.readyz, operations.metrics], state,
         settings, on_shutdown=[sender.stop], openapi_config=openapi_config())
-    listener = OpsListener(ops, settings.ops_host, settings.ops_port) if serve_ops else None
+    listener = None
+    if serve_ops and settings.ops_port is not None:  # TELEMETRY_OPS_PORT=off: none
+        listener = OpsListener(ops, settings.ops_host, settings.ops_port)
     public = _litestar(
         [post_readings, operations.healthz], state, settings,
         on_startup=[listener.start] if listener is not None else [],

@@ -7,7 +7,7 @@ import gc
 from litestar import Litestar
 
 from telemetry.entrypoints import logs, slow_clients
-from telemetry.entrypoints.container import create_container
+from telemetry.entrypoints.container import Container, create_container
 from telemetry.entrypoints.http.app import create_apps
 from telemetry.entrypoints.settings import load_settings
 
@@ -17,10 +17,15 @@ GC_GEN0_THRESHOLD = 20_000
 
 def app_from_env() -> Litestar:
     """Factory for `uvicorn --factory`: each server process builds its own container."""
-    settings = load_settings()
+    return app_for(create_container(load_settings()))
+
+
+def app_for(container: Container) -> Litestar:
+    """The public app of this server process, its operations listener started with it."""
+    settings = container.settings()
     logs.configure(settings.log_format, settings.log_level)
     slow_clients.configure(settings.header_timeout)
-    apps = create_apps(create_container(settings), serve_ops=True)
+    apps = create_apps(container, serve_ops=True)
     tune_gc()
     return apps.public
 
