@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,10 +25,11 @@ MiB = 1024 * 1024
 Positive = Annotated[float, msgspec.Meta(gt=0, description="must be greater than 0")]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0, description="must be greater than 0")]
 NotNegative = Annotated[float, msgspec.Meta(ge=0, description="must be 0 or more")]
-Port = Annotated[int, msgspec.Meta(
-    ge=0, le=65535, description="must be a port number, 0 to 65535 (0: off)")]
-OpsPort = Annotated[int, msgspec.Meta(
-    ge=0, le=65535, description="must be a port number, 0-65535 (0: any free port)")]
+# A listener's port: a number, 0 for any free port (the listener logs the one it got), or
+# `off` (None here) for no listener at all.
+ListenPort = Annotated[int, msgspec.Meta(
+    ge=0, le=65535, description="must be a port number, 0 to 65535 (0: any free port), or off")]
+OFF = "off"
 
 
 class ConfigError(Exception):
@@ -64,7 +66,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ready_timeout: Positive = 2.0
     # the operations listener (/metrics, /readyz, /schema): loopback unless said otherwise
     ops_host: str = "127.0.0.1"
-    ops_port: OpsPort = 8001
+    ops_port: ListenPort | None = 8001
     # a request's headers must be complete this long after its first byte (slow clients)
     header_timeout: Positive = 10.0
     # the key store file; None means $TELEMETRY_DATA_DIR/keys.json
@@ -86,9 +88,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     curated_part_bytes: PositiveInt = 128 * MiB
     raw_retention: NotNegative = 0.0  # seconds after an hour's end; 0 keeps raw files forever
     shutdown_deadline: Positive = 25.0
-    # the worker's Prometheus /metrics: 0 = no listener (several workers on a host need a port
-    # each); loopback unless told otherwise
-    worker_metrics_port: Port = 0
+    # the worker's operations listener (/metrics, /healthz): off unless asked for (several
+    # workers on a host need a port each); loopback unless told otherwise
+    worker_metrics_port: ListenPort | None = None
     worker_metrics_host: str = "127.0.0.1"
     # seconds between a worker's publications of what it saw to the lake (_state/workers/)
     worker_state_every: Positive = 15.0
@@ -147,6 +149,8 @@ def _normalize(name: str, text: str) -> Any:
         return text.strip("/")
     if name == "keys_file":
         return text or None
+    if name in _LISTEN_PORTS:
+        return None if text.lower() == OFF else text
     if _HINTS.get(name) is bool:
         low = text.lower()
         return True if low in _TRUE else False if low in _FALSE else text
@@ -165,6 +169,9 @@ _KINDS = {int: "an integer", float: "a number"}
 def _explain(name: str, error: str) -> str:
     """A setting's constraint in words, from its type: the message that names it when bad."""
     hint = _HINTS[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: X's words
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        error = error.replace(" | null", "")
     base = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
     words = [f"expected {_KINDS[base]}"] if "got `str`" in error and base in _KINDS else []
     words += [m.description for m in getattr(hint, "__metadata__", ())
@@ -242,3 +249,5 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     name: typing.get_args(hint) for name, hint in _HINTS.items()
     if typing.get_origin(hint) is Literal
 }
+_LISTEN_PORTS = frozenset(name for name, hint in _HINTS.items()
+                          if ListenPort in typing.get_args(hint))

@@ -1,6 +1,6 @@
 """The worker's Prometheus metrics (prometheus_client), fed by the drain loop as an observer.
 
-One registry per worker process, served by its own listener (`ops_server`); several worker
+One registry per worker process, served by its operations listener (`ops`); several worker
 processes on a host each take a port, and Prometheus sums them (docs/adr/0008). The latency
 histograms are rendered at scrape time from the worker's own mergeable distributions (one
 observation per reading would cost more than the drain itself), with the classic bucket bounds

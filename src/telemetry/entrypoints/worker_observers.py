@@ -1,48 +1,60 @@
 """What watches a worker, from the settings: the state it publishes to the lake, and its
-Prometheus metrics with their listener when TELEMETRY_WORKER_METRICS_PORT is set."""
+Prometheus metrics with their operations listener (`ops.py`) unless TELEMETRY_WORKER_METRICS_PORT
+is off, as it is by default."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from telemetry.domain.drain import DrainBatches, FileWritten, PollResult
 from telemetry.domain.ports.depth import QueueDepthProbe
-from telemetry.entrypoints.ops_server import OpsServer
 from telemetry.entrypoints.progress import Progress
 from telemetry.entrypoints.settings import ConfigError, Settings
 from telemetry.entrypoints.worker import WorkerObserver
 from telemetry.entrypoints.worker_metrics import WorkerMetrics
 from telemetry.entrypoints.worker_publish import StatePublisher
 
+if TYPE_CHECKING:
+    from telemetry.entrypoints.ops import OpsListener
+
 
 @dataclass
 class Observers:
     metrics: WorkerMetrics
     publisher: StatePublisher
-    server: OpsServer | None = None
+    server: OpsListener | None = None
     all: list[WorkerObserver] = field(default_factory=list)
 
     def close(self) -> None:
         if self.server is not None:
-            self.server.close()
+            self.server.stop_thread()
 
 
 def observers(settings: Settings, drain: DrainBatches, *, listen: bool = True) -> Observers:
+    """`listen`: serve the metrics when the settings say so. Only then does anything read the
+    queue's depth (a look at the queue every few seconds): nobody else sees those gauges."""
     queue = drain.queue
-    depth = queue.depth if isinstance(queue, QueueDepthProbe) else None
+    port = settings.worker_metrics_port if listen else None
+    depth = queue.depth if port is not None and isinstance(queue, QueueDepthProbe) else None
     metrics = WorkerMetrics(depth)
     publisher = StatePublisher(drain.storage, window_s=settings.trigger_window,
                                every=settings.worker_state_every, clock=drain.clock)
     out = Observers(metrics, publisher, all=[metrics, publisher])
-    if listen and settings.worker_metrics_port:
+    if port is not None:
+        from telemetry.entrypoints.ops import OpsListener, registry_app  # uvicorn: only then
+
+        host = settings.worker_metrics_host
+        server = OpsListener(registry_app(metrics.registry), host, port,
+                             ("TELEMETRY_WORKER_METRICS_HOST", "TELEMETRY_WORKER_METRICS_PORT"),
+                             shared=False)
         try:
-            out.server = OpsServer(metrics.registry, settings.worker_metrics_host,
-                                   settings.worker_metrics_port).start()
+            server.start_thread()
         except OSError as exc:
-            raise ConfigError(
-                f"TELEMETRY_WORKER_METRICS_PORT={settings.worker_metrics_port}: cannot listen "
-                f"on {settings.worker_metrics_host}: {exc}") from exc
+            raise ConfigError(f"TELEMETRY_WORKER_METRICS_PORT={port}: cannot listen on {host}: "
+                              f"{exc.__cause__ or exc}") from exc
+        out.server = server
         metrics.refresh_depth()
     return out
 
