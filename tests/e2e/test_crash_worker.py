@@ -272,10 +272,9 @@ def test_worker_killed_after_writing_a_file_before_deleting_its_messages(
 
 
 def test_the_product_wraps_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TELEMETRY_DATA_DIR", str(tmp_path))
     # The variable that once armed crash points in the product: nothing reads it any more.
     monkeypatch.setenv("TELEMETRY_TEST_CRASH_AT", "storage.mid_write")
-    plain = create_container(load_settings())
+    plain = create_container(load_settings({"TELEMETRY_DATA_DIR": str(tmp_path)}))
     assert type(plain.queue()) is SqliteQueue  # nothing wrapped: the hot path is untouched
     assert type(plain.storage()) is FilesystemStorage
 

@@ -43,12 +43,6 @@ class Invocation:
             self.settings()
         return self._container
 
-    @property
-    def prebuilt(self) -> bool:
-        """A container was handed in (its providers may be overridden): the command serves it
-        in this process rather than building another one elsewhere."""
-        return self._container is not None
-
 
 def missing_extra(command: str, extra: str, error: str) -> Any:
     def run(_args: argparse.Namespace) -> int:

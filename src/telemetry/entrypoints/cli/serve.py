@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import tempfile
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace, inv: Invocation) -> int:
     # (uvicorn imports the factory by name in each).
     app: Any = "telemetry.entrypoints.http.server:app_from_env"
     if args.workers <= 1:
-        app = lambda: server.app_for(container)  # noqa: E731 - uvicorn calls it (factory)
+        app = functools.partial(server.app_for, container)
     # Several processes share the port: each keeps its metrics in this directory, and whichever
     # answers /metrics sums them all (docs/adr/0008-prometheus-metrics.md).
     metrics_dir = None

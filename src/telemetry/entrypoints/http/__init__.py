@@ -1,7 +1,8 @@
 """The ingest HTTP entrypoint, one idea per module:
 
 - `app.py`: the two Litestar apps (public, operations) of one process, built from the container;
-- `server.py`: what a server process does once (`app_from_env` for uvicorn, GC tuning);
+- `server.py`: what a server process does once (`app_for` a container, `app_from_env` for
+  uvicorn's several processes, GC tuning);
 - `ingest.py`: `POST /v1/readings`; `bodies.py`: reading and decoding its body;
 - `errors.py`: one exception per refusal and the one table from outcome to status;
 - `operations.py`: /healthz, /readyz, /metrics; `openapi.py`: the API document;
