@@ -11,7 +11,7 @@ import msgspec
 from telemetry.domain import lake
 from telemetry.domain.aggregation import HourAggregate, aggregate, dedupe
 from telemetry.domain.errors import NotFound, StorageUnavailable
-from telemetry.domain.hour_slices import HourSlice, SliceResult, combine_slices, read_raw
+from telemetry.domain.hour_slices import HourSlice, SliceResult, combine_slices, read_records
 from telemetry.domain.partials import distinct_partials, ids_of, merge_partials, read_partials
 from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record
@@ -43,9 +43,6 @@ class _State(msgspec.Struct):
 
 _state_decoder = msgspec.json.Decoder(_State)
 _state_encoder = msgspec.json.Encoder()
-_records_decoder = msgspec.json.Decoder(Record)
-
-
 
 
 Covered = dict[str, list[msgspec.Raw]]
@@ -63,13 +60,7 @@ class AggregateHours:
         self.storage = storage
 
     def read_hour(self, keys: Sequence[str]) -> list[Record]:
-        records: list[Record] = []
-        for key in keys:
-            try:
-                records.extend(_records_decoder.decode_lines(read_raw(self.storage, key)))
-            except msgspec.DecodeError as exc:
-                raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
-        return records
+        return [r for key in keys for r in read_records(self.storage, key)]
 
     def _aggregate(
         self, hour: datetime, keys: Sequence[str], covered: Covered | None = None

@@ -294,10 +294,6 @@ Identity = tuple[str, str]
 """A reading's identity: `(vehicle_id, reading_id)`."""
 
 
-def identity(record: Any) -> Identity:
-    return (record.vehicle_id, record.reading_id)
-
-
 def dedupe(records: Iterable[Record]) -> list[Record]:
     """One record per identity. Should two copies differ, the one received first wins (ties:
     the smaller encoding), so the outcome never depends on file or arrival order."""
@@ -305,10 +301,13 @@ def dedupe(records: Iterable[Record]) -> list[Record]:
     for r in records:
         key = (r.vehicle_id, r.reading_id)
         prev = seen.get(key)
+        if prev is None:
+            seen[key] = r
+        elif r.received_at != prev.received_at:
+            if r.received_at < prev.received_at:
+                seen[key] = r
         # compare encodings, not values: 1, 1.0 and True are == but differ in the file
-        if prev is None or (
-            (r.received_at, encode_record(r)) < (prev.received_at, encode_record(prev))
-        ):
+        elif encode_record(r) < encode_record(prev):
             seen[key] = r
     return list(seen.values())
 

@@ -32,10 +32,12 @@ from typing import Protocol
 import msgspec
 
 from telemetry.domain import lake
+from telemetry.domain.aggregation import dedupe
 from telemetry.domain.errors import NotFound
+from telemetry.domain.hour_slices import read_records
 from telemetry.domain.ports.clock import Clock
 from telemetry.domain.ports.storage import Storage
-from telemetry.domain.readings import Record, encode_record, encode_records
+from telemetry.domain.readings import Record, encode_records
 
 MANIFEST = "_manifest.json"
 STATE = "aggregates/_state/curated.json"
@@ -88,25 +90,10 @@ def _raw_like(key: str) -> bool:
 # ---------------------------------------------------------------- the pure part
 
 
-def identity(r: Record) -> tuple[str, str]:
-    return (r.vehicle_id, r.reading_id)
-
-
 def distinct_sorted(records: Iterable[Record]) -> list[Record]:
-    """One record per identity, the one received first (ties: the smaller encoding, so the
-    outcome does not depend on file order), sorted by vehicle, time, then reading id."""
-    seen: dict[tuple[str, str], Record] = {}
-    for r in records:
-        key = (r.vehicle_id, r.reading_id)
-        prev = seen.get(key)
-        if prev is None:
-            seen[key] = r
-        elif r.received_at != prev.received_at:
-            if r.received_at < prev.received_at:
-                seen[key] = r
-        elif r != prev and encode_record(r) < encode_record(prev):
-            seen[key] = r
-    return sorted(seen.values(), key=_order)
+    """One record per identity, the one the aggregation counts (`dedupe`), sorted by vehicle,
+    time, then reading id."""
+    return sorted(dedupe(records), key=_order)
 
 
 _order = attrgetter("vehicle_id", "ts", "reading_id")
@@ -325,7 +312,7 @@ class CurateHours:
         done = self.state().hours.get(text)
         records: list[Record] = []
         for key in keys:
-            records.extend(self._read_raw(key))
+            records.extend(read_records(self.storage, key))
         raw_records = len(records)
         sources = set(keys)
         if done is not None:
@@ -366,15 +353,6 @@ class CurateHours:
         state may still name parts that run deleted)."""
         manifest = read_manifest(self.storage, hour)
         return done.parts if manifest is None else [p.key for p in manifest.parts]
-
-    def _read_raw(self, key: str) -> list[Record]:
-        data = self.storage.get(key)
-        if key.endswith(".gz"):
-            data = gzip.decompress(data)
-        try:
-            return _record_lines.decode_lines(data)
-        except msgspec.DecodeError as exc:
-            raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
 
     def retire(self, raw_hours: dict[str, list[str]] | None = None) -> list[RetireResult]:
         """Delete the raw files of curated hours older than the retention (none without one):

@@ -14,11 +14,23 @@ import msgspec
 
 from telemetry.domain.aggregation import HourAggregate, Identity, RawDecoder, aggregate_lean
 from telemetry.domain.ports.storage import Storage
+from telemetry.domain.readings import Record
+
+_records_decoder = msgspec.json.Decoder(Record)
 
 
 def read_raw(storage: Storage, key: str) -> bytes:
+    """A raw file's lines (gzip files decompressed)."""
     data = storage.get(key)
     return gzip.decompress(data) if key.endswith(".gz") else data
+
+
+def read_records(storage: Storage, key: str) -> list[Record]:
+    """A raw file's lines as `Record`s; ValueError naming the file when it is not one."""
+    try:
+        return _records_decoder.decode_lines(read_raw(storage, key))
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
 
 
 def _decode_raw(decoder: RawDecoder, key: str, data: bytes) -> list[Any]:

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from telemetry.domain.aggregate import AggregateHours, AggregateResult, Todo
-from telemetry.domain.hour_slices import HourSlice, SliceResult, shared_ids
+from telemetry.domain.hour_slices import SliceResult, shared_ids
 from telemetry.entrypoints.progress import Progress
 
 MakeService = Callable[[], AggregateHours]
@@ -132,7 +132,7 @@ def _part(
     for c in inherited:  # the parent's ends of the pipes: only the parent may hold them
         c.close()
     try:
-        part = HourSlice(make_service().storage, keys)
+        part = make_service().slice(keys)
         conn.send(part.ids())
         shared = conn.recv()
         if shared is not None:  # None: another part failed, the parent takes the hour
