@@ -133,21 +133,25 @@ class SignalStats:
             self.values = None
         return self.exact
 
-    def compact(self) -> SignalStats:
-        """Drop the values for the expansion (before sending a partial to another process)."""
-        self.sum_parts  # noqa: B018 - computes and keeps the expansion
-        return self
+    def __reduce__(self) -> tuple[type[SignalStats], tuple[Any, ...]]:
+        # The constructor's arguments: a split hour sends thousands of these between
+        # processes, and the slots dataclass's own pickling runs Python code per object.
+        return (SignalStats, (self.count, self.min, self.max, self.exact, self.values,
+                              self.total))
 
     def merge(self, other: SignalStats) -> SignalStats:
-        return SignalStats(
-            self.count + other.count,
-            # `_tie` (a Python call) only where the spelling of equal numbers must be settled
-            min(self.min, other.min) if self.min != other.min
-            else min(self.min, other.min, key=_tie),
-            max(self.max, other.max) if self.max != other.max
-            else max(self.max, other.max, key=_tie),
-            exact_sum([*self.sum_parts, *other.sum_parts]),
-        )
+        # `_tie` (a Python call) only where the spelling of equal numbers must be settled
+        lo = (min(self.min, other.min) if self.min != other.min
+              else min(self.min, other.min, key=_tie))
+        hi = (max(self.max, other.max) if self.max != other.max
+              else max(self.max, other.max, key=_tie))
+        if self.values is not None and other.values is not None:
+            # Both sides still hold their values: keep them, and sum once at the end, which
+            # costs one pass where two expansions and their merge cost about five.
+            return SignalStats(self.count + other.count, lo, hi, None,
+                               _joined(self.values, other.values))
+        return SignalStats(self.count + other.count, lo, hi,
+                           exact_sum([*self.sum_parts, *other.sum_parts]))
 
     @property
     def mean(self) -> float:
@@ -169,12 +173,30 @@ class SignalStats:
         return {"count": self.count, "min": self.min, "max": self.max, "mean": self.mean}
 
 
+def _joined(a: Sequence[Num], b: Sequence[Num]) -> Sequence[Num]:
+    """Two value sequences as one (C arrays of one type stay one)."""
+    if isinstance(a, array) and isinstance(b, array) and a.typecode == b.typecode:
+        return a + b
+    return [*a, *b]
+
+
+def _packed(values: Sequence[Num], typecode: str | None) -> Sequence[Num]:
+    """A vehicle's values of a column kept for a merge: 8 bytes each in a C array where the
+    column is of one numeric type, so that sending them to another process is a copy."""
+    if typecode is None:
+        return values
+    return array(typecode, values)
+
+
 @dataclass(slots=True)
 class VehicleHour:
     readings: int
     first_ts: datetime
     last_ts: datetime
     signals: dict[str, SignalStats] = field(default_factory=dict)
+
+    def __reduce__(self) -> tuple[type[VehicleHour], tuple[Any, ...]]:
+        return (VehicleHour, (self.readings, self.first_ts, self.last_ts, self.signals))
 
     def merge(self, other: VehicleHour) -> VehicleHour:
         signals = dict(self.signals)
@@ -446,7 +468,10 @@ def aggregate_lean(
             continue
         clean = kinds == numeric  # no bool, str or absent value to skip
         mixed = len(numeric) > 1
-        column = gather(_unboxed(col, kinds))
+        unboxed = _unboxed(col, kinds)
+        column = gather(unboxed)
+        typecode = unboxed.typecode if isinstance(unboxed, array) else (
+            "d" if numeric == {float} else None)  # ints beyond int64 stay Python ints
         for vid, a, b in bounds:
             vals = column[a:b]
             if not clean:
@@ -456,7 +481,7 @@ def aggregate_lean(
             m = mixed and len(set(map(type, vals))) > 1
             lo, hi = extreme(min, vals, m), extreme(max, vals, m)
             stats[vid][name] = (
-                SignalStats(len(vals), lo, hi, None, vals).compact()
+                SignalStats(len(vals), lo, hi, None, _packed(vals, typecode))
                 if mergeable
                 else SignalStats.final(len(vals), lo, hi, vals)
             )
@@ -497,38 +522,48 @@ _by_signals = attrgetter("signals")
 def _kept_positions(records: list[Any], skip: Collection[Identity]) -> Sequence[int] | None:
     """The position of one record per identity not in `skip`: the one received first, as
     `dedupe`; None when that needs the encodings to break a tie."""
-    ids = list(zip(map(_by_vehicle, records), map(_by_id, records), strict=True))
-    dropped = _duplicated(ids)
-    dropped.update(skip)
-    if not dropped:
-        return range(len(ids))
-    # The copies of duplicated (or skipped) ids, found with a set lookup per record in a
-    # small set; then a Python step per copy only.
+    # An identity repeats only where its reading_id does: the ids alone are looked at first
+    # (strings, no tuple per record), and identities are made only for the records whose id
+    # repeats or is skipped.
+    rids = list(map(_by_id, records))
+    suspects = _duplicated(rids)
+    if skip:
+        suspects.update(rid for _, rid in skip)
+    if not suspects:
+        return range(len(rids))
+    positions = list(compress(count(), map(suspects.__contains__, rids)))
+    ids = [(records[i].vehicle_id, rids[i]) for i in positions]
+    repeated = {k for k, n in Counter(ids).items() if n > 1}
+    repeated.update(skip)
+    # The copies of duplicated (or skipped) identities; then a Python step per copy only.
     copies: dict[Identity, list[int]] = {}
-    for i in compress(count(), map(dropped.__contains__, ids)):
-        copies.setdefault(ids[i], []).append(i)
+    for i, ident in zip(positions, ids, strict=True):
+        if ident in repeated:
+            copies.setdefault(ident, []).append(i)
+    if not copies:
+        return range(len(rids))
     losers: set[int] = set()
-    for ident, positions in copies.items():
+    for ident, where in copies.items():
         if ident in skip:
-            losers.update(positions)
+            losers.update(where)
             continue
-        first = min(records[i].received_at for i in positions)
-        earliest = [i for i in positions if records[i].received_at == first]
+        first = min(records[i].received_at for i in where)
+        earliest = [i for i in where if records[i].received_at == first]
         if len({_lean_encoder.encode(records[i]) for i in earliest}) > 1:
             return None
-        losers.update(positions)
+        losers.update(where)
         losers.discard(earliest[0])
-    return list(filterfalse(losers.__contains__, range(len(ids))))
+    return list(filterfalse(losers.__contains__, range(len(rids))))
 
 
 _CHUNK = 4096
 
 
-def _duplicated(ids: list[Identity]) -> set[Identity]:
-    """The identities that occur more than once. Chunk by chunk, so that most set work happens in a
+def _duplicated(ids: list[str]) -> set[str]:
+    """The ids that occur more than once. Chunk by chunk, so that most set work happens in a
     set small enough for the cache, rather than one dict of all ids with their positions."""
-    seen: set[Identity] = set()
-    dup: set[Identity] = set()
+    seen: set[str] = set()
+    dup: set[str] = set()
     for a in range(0, len(ids), _CHUNK):
         chunk = ids[a : a + _CHUNK]
         mine = set(chunk)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Collection, Iterable, Sequence
+from array import array
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import compress
 from operator import attrgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -17,6 +18,7 @@ from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record
 
 _records_decoder = msgspec.json.Decoder(Record)
+_Key = TypeVar("_Key", bound=Hashable)
 
 
 def read_raw(storage: Storage, key: str) -> bytes:
@@ -48,6 +50,12 @@ class HourSlice:
     partial, handing over their copies instead, so `combine_slices` settles each such reading
     once, by the same rule as one pass. Partials merge exactly (see `aggregation`), so the
     result is the one-pass aggregate whatever the split.
+
+    Between processes, `fingerprints()` (8 bytes an identity) stand for the ids: the
+    fingerprints found in more than one slice (`shared_ids` of them) go to
+    `finish_fingerprints`, which treats every identity of this slice with such a fingerprint as
+    shared. A fingerprint that two different identities happen to share only makes a reading
+    go the way of the copies, which settle it exactly all the same.
     """
 
     def __init__(self, storage: Storage, keys: Sequence[str]) -> None:
@@ -66,11 +74,28 @@ class HourSlice:
         self.records = lean
         self.names = decoder.names
         self.raw = len(lean)
+        self._prints: array[int] | None = None
 
     def aggregate(
         self, hour: datetime, skip: Collection[Identity] = (), *, mergeable: bool = False
     ) -> HourAggregate | None:
         return aggregate_lean(hour, self.records, self.names, skip, mergeable=mergeable)
+
+    def fingerprints(self) -> array[int]:
+        """`hash` of each record's identity, in record order. Python's str hash is salted per
+        interpreter: fingerprints compare only between this process and its forks (see
+        `fingerprint_salt`)."""
+        self._prints = array("q", map(hash, zip(map(_by_vehicle_id, self.records),
+                                                map(_by_reading_id, self.records), strict=True)))
+        return self._prints
+
+    def finish_fingerprints(
+        self, hour: datetime, shared: Collection[int]
+    ) -> SliceResult | None:
+        """`finish`, the shared readings being those whose fingerprint is in `shared`."""
+        prints = self._prints if self._prints is not None else self.fingerprints()
+        mine = list(compress(self.records, map(shared.__contains__, prints)))
+        return self._finish(hour, {(r.vehicle_id, r.reading_id) for r in mine}, mine)
 
     def ids(self) -> list[Identity]:
         """The identities, `(vehicle_id, reading_id)`, of this slice's records."""
@@ -80,10 +105,15 @@ class HourSlice:
     def finish(self, hour: datetime, shared: Collection[Identity]) -> SliceResult | None:
         """The partial without the `shared` identities, ready to send; None when this slice alone
         cannot settle one of its own readings (the caller then aggregates the whole hour)."""
+        mine = list(compress(self.records, map(shared.__contains__, self.ids())))
+        return self._finish(hour, shared, mine)
+
+    def _finish(
+        self, hour: datetime, shared: Collection[Identity], mine: list[Any]
+    ) -> SliceResult | None:
         agg = self.aggregate(hour, shared, mergeable=True)
         if agg is None:
             return None
-        mine = compress(self.records, map(shared.__contains__, self.ids()))
         copies = b"".join(_lean_encoder.encode(r) + b"\n" for r in mine)
         return SliceResult(self.raw, agg, copies)
 
@@ -100,10 +130,16 @@ _by_vehicle_id = attrgetter("vehicle_id")
 _lean_encoder = msgspec.json.Encoder()
 
 
-def shared_ids(slices: Iterable[Iterable[Identity]]) -> set[Identity]:
-    """The reading identities found in more than one slice."""
-    seen: set[Identity] = set()
-    shared: set[Identity] = set()
+def fingerprint_salt() -> int:
+    """The fingerprint of a fixed identity made now: equal in two processes when their
+    fingerprints compare (a fork), different otherwise."""
+    return hash(("".join(("fingerprint", "-salt")), str(len("salt"))))
+
+
+def shared_ids(slices: Iterable[Iterable[_Key]]) -> set[_Key]:
+    """The reading identities (or fingerprints) found in more than one slice."""
+    seen: set[_Key] = set()
+    shared: set[_Key] = set()
     for ids in slices:
         mine = set(ids)
         shared |= seen & mine

@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from telemetry.domain.aggregate import AggregateHours, AggregateResult, Todo
-from telemetry.domain.hour_slices import SliceResult, shared_ids
+from telemetry.domain.hour_slices import SliceResult, fingerprint_salt, shared_ids
 from telemetry.entrypoints.progress import Progress
 
 MakeService = Callable[[], AggregateHours]
@@ -133,10 +133,12 @@ def _part(
         c.close()
     try:
         part = make_service().slice(keys)
-        conn.send(part.ids())
+        # Fingerprints, not the ids: 8 bytes an identity to send, and no tuple of two strings
+        # to pickle and unpickle for each reading.
+        conn.send((fingerprint_salt(), part.fingerprints()))
         shared = conn.recv()
         if shared is not None:  # None: another part failed, the parent takes the hour
-            conn.send(part.finish(hour, shared))
+            conn.send(part.finish_fingerprints(hour, shared))
     except BaseException as exc:  # the parent aggregates the hour itself and reports it
         with suppress(OSError):  # the parent has gone on without this part
             conn.send(exc)
@@ -168,9 +170,11 @@ def split_hour(
             p.start()
             theirs.close()
             procs.append((p, mine))
-        ids = [_received(conn) for _, conn in procs]
-        shared = None if _failed(ids) else shared_ids(ids)
-        del ids
+        prints = [_received(conn) for _, conn in procs]
+        shared = None if _failed(prints) or any(
+            salt != fingerprint_salt() for salt, _ in prints  # not forks of this process
+        ) else shared_ids(fp for _, fp in prints)
+        del prints
         for _, conn in procs:
             with suppress(OSError):
                 conn.send(shared)
