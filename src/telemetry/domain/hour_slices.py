@@ -138,12 +138,13 @@ def fingerprint_salt() -> int:
 
 def shared_ids(slices: Iterable[Iterable[_Key]]) -> set[_Key]:
     """The reading identities (or fingerprints) found in more than one slice."""
+    parts = list(slices)
     seen: set[_Key] = set()
     shared: set[_Key] = set()
-    for ids in slices:
-        mine = set(ids)
-        shared |= seen & mine
-        seen |= mine
+    for i, ids in enumerate(parts):
+        shared |= seen.intersection(ids)  # no set of this slice's ids is made
+        if i < len(parts) - 1:
+            seen.update(ids)
     return shared
 
 
