@@ -2,11 +2,11 @@
 
 Partials computed over disjoint sets of readings merge, in any order and any grouping, to exactly
 the result of one pass over all of them: counts add, min/max combine, and the sum behind each
-mean is kept exact (a non-overlapping float expansion), so floating-point rounding cannot depend
-on the split. Duplicates (one reading identity, `(vehicle_id, reading_id)`, in several raw
-files) are removed by `dedupe` before aggregating, so a reading never counts twice. The identity
-is never the reading_id alone: ids are chosen by clients, and one vehicle's id must not hide
-another vehicle's reading.
+mean is kept exact (the values themselves, or a non-overlapping float expansion of their sum),
+so floating-point rounding cannot depend on the split. Duplicates (one reading identity,
+`(vehicle_id, reading_id)`, in several raw files) are removed by `dedupe` before aggregating, so
+a reading never counts twice. The identity is never the reading_id alone: ids are chosen by
+clients, and one vehicle's id must not hide another vehicle's reading.
 """
 
 from __future__ import annotations
@@ -102,9 +102,9 @@ class SignalStats:
     count: int
     min: Num
     max: Num
-    # The exact sum as an expansion (see `exact_sum`), or None while `values` are kept: one
-    # pass's mean needs only fsum(values), so the expansion (three more passes over the values)
-    # is made only when a merge needs it.
+    # The exact sum as an expansion (see `exact_sum`), or None while `values` are kept: a
+    # mean needs only fsum(values), so the expansion (three more passes over the values) is
+    # made only when a merge meets statistics that hold an expansion.
     exact: tuple[float, ...] | None
     values: Sequence[Num] | None = field(default=None, repr=False, compare=False)
     # fsum of the values, for statistics of one pass that are never merged (see `final`)
