@@ -16,6 +16,7 @@ import pytest
 from litestar.testing import TestClient
 
 from telemetry.domain.api_keys import format_key
+from telemetry.domain.errors import QueueUnavailable
 from telemetry.domain.readings import derive_reading_id
 from telemetry.entrypoints.container import Container
 from telemetry.entrypoints.http.operations import READY_CACHE_SECONDS
@@ -438,6 +439,7 @@ def test_a_send_that_times_out_before_a_thread_takes_it_never_runs() -> None:
 
     async def scenario() -> list[str]:
         first = asyncio.ensure_future(sender.send([b"first"], 0.2))
+        await asyncio.sleep(0.05)  # the one thread is inside send with `first`
         second = asyncio.ensure_future(sender.send([b"second"], 0.2))
         outcomes = []
         for f in (first, second):
@@ -461,28 +463,68 @@ def test_a_send_that_times_out_before_a_thread_takes_it_never_runs() -> None:
         sender.stop()
 
 
-def test_sends_run_concurrently() -> None:
-    """Several requests can be inside queue.send at once (the SQLite queue groups them)."""
-    inside, peak, lock = [0], [0], threading.Lock()
+def test_concurrent_sends_do_not_wait_for_each_other() -> None:
+    """Requests sending at once are sent together (one `queue.send` of all their messages) or
+    side by side, never one after the other; each message once."""
+    sent: list[bytes] = []
+    lock = threading.Lock()
 
     def send(messages: list[bytes]) -> None:
+        time.sleep(0.1)
         with lock:
-            inside[0] += 1
-            peak[0] = max(peak[0], inside[0])
-        time.sleep(0.05)
-        with lock:
-            inside[0] -= 1
+            sent.extend(messages)
 
     sender = Sender(send, threads=8)
 
     async def scenario() -> None:
-        await asyncio.gather(*(sender.send([b"x"], 5) for _ in range(8)))
+        await asyncio.gather(*(sender.send([b"x%d" % i, b"y%d" % i], 5) for i in range(8)))
 
     try:
+        start = time.monotonic()
         asyncio.run(scenario())
+        elapsed = time.monotonic() - start
     finally:
         sender.stop()
-    assert peak[0] > 1
+    assert sorted(sent) == sorted([b"x%d" % i for i in range(8)] + [b"y%d" % i for i in range(8)])
+    assert elapsed < 0.5  # one after the other: 0.8 s
+
+
+def test_requests_sent_together_share_a_failure_each_its_own_answer() -> None:
+    """A send of several requests' messages that fails fails each of them; the next ones go
+    through."""
+    calls: list[list[bytes]] = []
+    gate = threading.Event()
+
+    def send(messages: list[bytes]) -> None:
+        gate.wait(5)
+        calls.append(list(messages))
+        if any(m.startswith(b"bad") for m in messages):
+            raise QueueUnavailable("down")
+
+    sender = Sender(send, threads=1)
+
+    async def scenario() -> list[str]:
+        first = asyncio.ensure_future(sender.send([b"a"], 5))
+        await asyncio.sleep(0.05)  # the one thread is inside send with `a`
+        rest = [asyncio.ensure_future(sender.send([m], 5)) for m in (b"bad", b"b")]
+        await asyncio.sleep(0.05)
+        gate.set()
+        out = []
+        for f in (first, *rest):
+            try:
+                await f
+                out.append("ok")
+            except QueueUnavailable:
+                out.append("unavailable")
+        await sender.send([b"c"], 5)
+        return out
+
+    try:
+        assert asyncio.run(scenario()) == ["ok", "unavailable", "unavailable"]
+    finally:
+        gate.set()
+        sender.stop()
+    assert calls == [[b"a"], [b"bad", b"b"], [b"c"]]
 
 
 def test_an_unexpected_error_is_a_json_500_and_logged(caplog) -> None:

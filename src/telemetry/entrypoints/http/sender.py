@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any
 
 # Threads for queue sends: as many sends may be inside the queue adapter at once (the SQLite
@@ -19,14 +19,22 @@ SEND_THREADS = 64
 # abandoned while the queue hangs are not held until a thread comes to skip them.
 _Job = list[Any]  # [loop, done future, bodies]
 
+# At most this many requests' messages go into one `queue.send`: a bound on what one slow send
+# holds up, well above the requests in flight of a busy process.
+MAX_JOBS_PER_SEND = 64
+
 
 class Sender:
     """Threads that run the blocking `queue.send` for the event loop.
 
-    Per request this is a queue put, a timer and one wake-up of the loop: cheaper per request
-    than anyio's to_thread (capacity limiter, cancel scopes) or an executor's futures (figures
-    in docs/benchmarks.md). Threads start on first use and stay: the sends of a busy server
-    keep them busy.
+    Per request this is a queue put and a timer: cheaper than anyio's to_thread (capacity
+    limiter, cancel scopes) or an executor's futures (figures in docs/benchmarks.md). A thread
+    that takes a job also takes every job waiting behind it and sends all their messages in
+    one `queue.send`, then wakes the loop once for all of them: under load, one send, one
+    commit and one wake-up serve many requests instead of a thread switch and a group-commit
+    hand-over per request. They share the outcome: if the send fails, each of them answers
+    the failure (the SQLite queue's group commit shares it the same way); a retry carries the
+    same reading ids. Threads start on first use and stay.
     """
 
     def __init__(self, send: Callable[[list[bytes]], None], threads: int) -> None:
@@ -61,19 +69,37 @@ class Sender:
             self._started += 1
 
     def _run(self) -> None:
-        get, send = self._jobs.get, self._send
-        while (job := get()) is not None:
-            loop, done, messages = job
-            if done.done() or messages is None:  # timed out, or the request went away
+        jobs = self._jobs
+        get, more, send = jobs.get, jobs.get_nowait, self._send
+        stopping = False
+        while not stopping and (job := get()) is not None:
+            batch = [job]
+            while len(batch) < MAX_JOBS_PER_SEND:
+                try:
+                    nxt = more()
+                except Empty:
+                    break
+                if nxt is None:  # stop: end after this batch
+                    stopping = True
+                    break
+                batch.append(nxt)
+            # Skipped: timed out, or the request went away (it emptied its job).
+            live = [j for j in batch if j[2] is not None and not j[1].done()]
+            if not live:
                 continue
+            messages = live[0][2] if len(live) == 1 else [m for j in live for m in j[2]]
             error: BaseException | None = None
             try:
                 send(messages)
-            except BaseException as exc:  # handed to the request, which maps it
+            except BaseException as exc:  # handed to the requests, which map it
                 error = exc
-            # RuntimeError: the loop is closed, nobody is waiting any more
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, done, error)
+            by_loop: dict[Any, list[asyncio.Future[None]]] = {}
+            for j in live:
+                by_loop.setdefault(j[0], []).append(j[1])
+            for loop, futures in by_loop.items():
+                # RuntimeError: the loop is closed, nobody is waiting any more
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle_all, futures, error)
 
     def stop(self) -> None:
         """Let the threads end once the sends queued before this are done."""
@@ -87,10 +113,11 @@ def _expire(done: asyncio.Future[None]) -> None:
         done.set_exception(TimeoutError())
 
 
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.done():  # expired meanwhile: the request has answered 503
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
+def _settle_all(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for done in futures:
+        if done.done():  # expired meanwhile: the request has answered 503
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
