@@ -12,7 +12,8 @@ import pytest
 from litestar.testing import TestClient
 
 from telemetry.entrypoints.container import Container
-from telemetry.entrypoints.http.errors import MAX_LISTED_PROBLEMS
+from telemetry.entrypoints.http import bodies
+from telemetry.entrypoints.http.errors import MAX_LISTED_PROBLEMS, Unprocessable
 from telemetry.entrypoints.settings import Settings
 from tests.integration.http_support import URL, client_for, good, make_container, ndjson
 
@@ -96,3 +97,18 @@ def test_a_request_spanning_too_many_hours_or_too_old_is_422(client, container) 
     assert r.status_code == 422, r.text
     assert "maximum lateness" in r.json()["extra"][0]["message"]
     assert container.queue().receive(10) == []
+
+
+@pytest.mark.parametrize("fmt", [bodies.JSON, bodies.NDJSON])
+@pytest.mark.parametrize("n", [999, 1000, 1001])
+def test_the_count_check_sees_every_value_however_few_separators(fmt, n) -> None:
+    """The count's shortcut (fewer commas or newlines than the maximum) holds at the edge:
+    values padded to any length, nothing but the separators between them."""
+    value = b"1" + b" " * 40
+    body = (b'{"readings":[' + b",".join([value] * n) + b"]}" if fmt == bodies.JSON
+            else b"\n".join([value] * n))
+    if n > 1000:
+        with pytest.raises(Unprocessable):
+            bodies.check_count(fmt, body, 1000)
+    else:
+        bodies.check_count(fmt, body, 1000)
