@@ -5,7 +5,7 @@ status the contract gives it:
 
 - 413 while reading: the wire limit is counted on the bytes as they arrive, the decompressed
   limit on the bytes as they are inflated (`max_length`), so neither a large body nor a gzip
-  bomb is ever held whole.
+  bomb is ever held whole. A big gzip body is inflated off the event loop (`inflate`).
 - 400 for what cannot be decoded: a body cut off mid-stream, corrupt gzip, bad JSON/msgpack,
   a wrong top-level shape.
 - 422 for readings that decode but break a rule, problems listed by index and field (at most
@@ -19,13 +19,16 @@ Decoders are built once, at import: msgspec compiles the types into a decoder up
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import re
+import weakref
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Final
 
+import anyio
 import msgspec
 
 from telemetry.domain.errors import Problem
@@ -91,8 +94,8 @@ class _Inflater:
         self._fed = False  # has the current member seen any input?
         self._members = 0
 
-    def feed(self, data: bytes) -> None:
-        buf = data
+    def feed(self, data: bytes | memoryview) -> None:
+        buf: bytes | memoryview = data
         while buf:
             self._fed = True
             try:
@@ -113,6 +116,11 @@ class _Inflater:
             else:
                 buf = self._d.unconsumed_tail
 
+    @property
+    def size(self) -> int:
+        """Bytes inflated so far."""
+        return len(self._out)
+
     def finish(self) -> bytearray:
         if self._fed or self._members == 0:
             raise BadBody("bad_gzip", "gzip stream is truncated")
@@ -122,11 +130,31 @@ class _Inflater:
 Receive = Callable[[], Awaitable[Any]]
 Body = bytes | bytearray  # msgspec decodes either without a copy
 
+# gzip bodies are inflated on the event loop up to this many bytes out, fed a slice of this
+# many bytes in at a time; the rest of a bigger one in a worker thread (zlib lets go of the GIL
+# while it inflates), one body at a time per `INFLATE_THREADS`. Deflate expands a byte at most
+# about 1,032 times, so one slice adds at most about 528 KiB: the loop's share of any body,
+# a gzip bomb's too, is bounded by about 800 KiB of output.
+INFLATE_INLINE_BYTES = 256 * 1024
+_INFLATE_SLICE = 512
+INFLATE_THREADS = 2
+# Made on first use by each event loop (a limiter belongs to one).
+_inflate_limiters: weakref.WeakKeyDictionary[Any, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary())
+
+
+def inflate_limiter() -> anyio.CapacityLimiter:
+    """The running loop's bound on gzip bodies inflating in threads at once."""
+    loop = asyncio.get_running_loop()
+    limiter = _inflate_limiters.get(loop)
+    if limiter is None:
+        limiter = _inflate_limiters[loop] = anyio.CapacityLimiter(INFLATE_THREADS)
+    return limiter
+
 
 async def read_body(receive: Receive, *, gzip: bool, max_wire: int, max_inflated: int) -> Body:
-    """Read the ASGI body, enforcing both limits as bytes arrive; inflate when `gzip`."""
+    """Read the ASGI body, enforcing both limits; inflate when `gzip` (see `inflate`)."""
     wire = 0
-    inflater = _Inflater(max_inflated) if gzip else None
     chunks: list[bytes] = []
     while True:
         message = await receive()
@@ -139,15 +167,25 @@ async def read_body(receive: Receive, *, gzip: bool, max_wire: int, max_inflated
             wire += len(chunk)
             if wire > max_wire:
                 raise TooLarge("wire_too_large", f"body exceeds the limit of {max_wire} bytes")
-            if inflater is not None:
-                inflater.feed(chunk)
-            else:
-                chunks.append(chunk)
+            chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    if inflater is not None:
-        return inflater.finish()
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return await inflate(body, max_inflated) if gzip else body
+
+
+async def inflate(data: bytes, limit: int) -> bytearray:
+    """The inflated gzip `data`, at most `limit` bytes (else 413): the first
+    `INFLATE_INLINE_BYTES` or so on the calling loop, the rest in a worker thread."""
+    inflater = _Inflater(limit)
+    view = memoryview(data)
+    at = 0
+    while at < len(view) and inflater.size < INFLATE_INLINE_BYTES:
+        inflater.feed(view[at:at + _INFLATE_SLICE])
+        at += _INFLATE_SLICE
+    if at < len(view):
+        await anyio.to_thread.run_sync(inflater.feed, view[at:], limiter=inflate_limiter())
+    return inflater.finish()
 
 
 # ------------------------------------------------------------------ decoding
