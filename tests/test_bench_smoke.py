@@ -12,6 +12,7 @@ from bench import (
     bench_e2e,
     bench_ingest,
     bench_worker,
+    ingest_budget,
     ingest_floor,
 )
 
@@ -63,6 +64,16 @@ def test_ingest_floor_bench_runs() -> None:
     r = ingest_floor.main(["--tiny", "--json"])
     assert 0 < r["domain_decode_us_cpu_per_request"] < r["domain_whole_us_cpu_per_request"]
     assert r["bare_stack_requests_per_s"] > 0
+
+
+def test_ingest_budget_bench_runs_and_its_parts_add_up() -> None:
+    r = ingest_budget.main(["--tiny", "--json", "--load", "python"])
+    for size in r["us_per_request"]:
+        assert size["decode"] > 0 and size["prepare"] > 0 and size["server"] > 0
+        parts = sum(v for k, v in size.items() if k not in (
+            "app", "app without the send", "server", "server readings/s")
+            and not k.startswith("prepare: "))
+        assert parts == pytest.approx(size["server"], abs=1.0)
 
 
 def test_cost_bench_runs() -> None:
