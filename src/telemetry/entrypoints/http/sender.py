@@ -83,8 +83,10 @@ class Sender:
                     stopping = True
                     break
                 batch.append(nxt)
-            # Skipped: timed out, or the request went away (it emptied its job).
-            live = [j for j in batch if j[2] is not None and not j[1].done()]
+            # Each job read once: its request may empty it meanwhile. Skipped: timed out, or
+            # the request went away (it emptied its job).
+            live = [(loop, done, bodies) for loop, done, bodies in batch
+                    if bodies is not None and not done.done()]
             if not live:
                 continue
             messages = live[0][2] if len(live) == 1 else [m for j in live for m in j[2]]
@@ -94,8 +96,8 @@ class Sender:
             except BaseException as exc:  # handed to the requests, which map it
                 error = exc
             by_loop: dict[Any, list[asyncio.Future[None]]] = {}
-            for j in live:
-                by_loop.setdefault(j[0], []).append(j[1])
+            for loop, done, _ in live:
+                by_loop.setdefault(loop, []).append(done)
             for loop, futures in by_loop.items():
                 # RuntimeError: the loop is closed, nobody is waiting any more
                 with contextlib.suppress(RuntimeError):
