@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import subprocess
 import sys
 
 import pytest
@@ -73,3 +74,21 @@ def test_demo_on_aws_says_what_to_install_without_moto(
     assert code == 2
     assert "pip install 'fleet-telemetry[aws-demo]'" in err
     assert "Traceback" not in err
+
+
+def test_commands_other_than_replay_start_without_the_can_stack() -> None:
+    # python-can imports asammdf, numpy and pandas: well over 100 MiB in every server process.
+    code = ("import sys\n"
+            "from telemetry.entrypoints.cli import build_parser\n"
+            "build_parser(['serve']); build_parser(['worker', '--once'])\n"
+            "print(sorted(m for m in ('can', 'cantools', 'asammdf', 'pandas', 'pyarrow')"
+            " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    if importlib.util.find_spec("can") is not None:
+        code = code.replace("build_parser(['serve']); build_parser(['worker', '--once'])",
+                            "build_parser(['replay', '--help'])")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout
+        assert "'can'" in out  # the check above can fail

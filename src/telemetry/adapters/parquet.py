@@ -66,8 +66,8 @@ class ParquetFormat:
     def encode(self, records: Sequence[Record]) -> bytes:
         # Column-wise, with no Python step per value: every signal name and value of the part
         # in two flat lists, a type code per value, and each map cut out of them by its codes
-        # (compress), its offsets from a running count at the row boundaries. A loop over the
-        # values was 7.7 us a reading; building nested tuples for pyarrow, slower still.
+        # (compress), its offsets from a running count at the row boundaries: a loop over the
+        # values, or nested tuples for pyarrow, cost more (docs/benchmarks.md).
         sigs = [r.signals for r in records]
         bounds = [0, *accumulate(map(len, sigs))]
         names = list(chain.from_iterable(sigs))

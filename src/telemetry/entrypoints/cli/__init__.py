@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from telemetry import __version__
 from telemetry.entrypoints import simulate
@@ -25,7 +26,10 @@ from telemetry.entrypoints.settings import ConfigError, install_hint
 __all__ = ["build_parser", "main"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`'s command. Importing `replay` imports python-can, which brings in
+    asammdf, numpy and pandas: every other command gets a bare `replay` entry instead, so that
+    `serve` and the worker start without them (`argv` None: every command in full)."""
     p = Parser(
         prog="telemetry",
         description="Fleet telemetry pipeline. Configuration: TELEMETRY_* environment "
@@ -38,15 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_parser(sub)
     aggregate.add_parser(sub)
     simulate.add_parser(sub)
-    try:
-        from telemetry.entrypoints import replay
-    except ImportError as exc:  # the can extra is not installed: say so when asked for
-        rp = sub.add_parser("replay", help="decode a real CAN log with a DBC file and post its "
-                            "readings (needs the can extra)", add_help=False,
-                            description="Needs the can extra: " + install_hint("can"))
-        rp.set_defaults(func=missing_extra("replay", "can", str(exc)), takes_any_arguments=True)
+    words = list(argv or ())
+    command = next((a for a in words if not a.startswith("-")), None)
+    if argv is None or command in (None, "replay") or "-h" in words or "--help" in words:
+        _add_replay(sub)
     else:
-        replay.add_parser(sub)
+        sub.add_parser("replay", add_help=False)  # listed among the choices, never run
     keys.add_parser(sub)
     dlq.add_parser(sub)
 
@@ -62,12 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_replay(sub: Any) -> None:
+    try:
+        from telemetry.entrypoints import replay
+    except ImportError as exc:  # the can extra is not installed: say so when asked for
+        rp = sub.add_parser("replay", help="decode a real CAN log with a DBC file and post its "
+                            "readings (needs the can extra)", add_help=False,
+                            description="Needs the can extra: " + install_hint("can"))
+        rp.set_defaults(func=missing_extra("replay", "can", str(exc)), takes_any_arguments=True)
+    else:
+        replay.add_parser(sub)
+
+
 def main(argv: Sequence[str] | None = None, *, container: Container | None = None) -> int:
     """Run `telemetry argv`. `container`: the one the command runs on, built (and its providers
     overridden) by the caller; by default the command builds it from the environment."""
-    parser = build_parser()
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
     # A command whose extra is missing takes any arguments, to answer with what to install.
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = parser.parse_known_args(args_list)
     if unknown and not getattr(args, "takes_any_arguments", False):
         parser.error("unrecognized arguments: " + " ".join(unknown))
     try:
