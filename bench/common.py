@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -261,3 +262,37 @@ def emit(name: str, result: dict[str, Any], as_json: bool) -> None:
     for k, v in result.items():
         print(f"{k:>34}: {v:,.1f}" if isinstance(v, float) else f"{k:>34}: {v}")
     sys.stdout.flush()
+
+
+# A bare ASGI app on the same uvicorn stack as ours (uvloop, httptools): reads the body and
+# answers 202 with a body the size of ours for BARE_READINGS readings (ids of 32 hex digits).
+BARE_APP = '''
+import os
+N = int(os.environ["BARE_READINGS"])
+BODY = (b'{"accepted":%d,"reading_ids":[' % N + b",".join([b'"' + b"0" * 32 + b'"'] * N)
+        + b"]}")
+LENGTH = str(len(BODY)).encode()
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
+    status = 202 if scope["method"] == "POST" else 200
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", LENGTH)]})
+    await send({"type": "http.response.body", "body": BODY})
+'''
+
+
+def start_bare_app(root: Path, host: str, port: int, readings: int) -> subprocess.Popen[bytes]:
+    """`BARE_APP` served from `root` on host:port, answering as ours does to `readings`."""
+    (root / "bare_app.py").write_text(BARE_APP)
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", host, "--port", str(port),
+         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
+         "warning"], cwd=root, env={**os.environ, "BARE_READINGS": str(readings)})

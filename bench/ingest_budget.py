@@ -35,10 +35,7 @@ into a fixed cost per request and a cost per reading (a straight line through th
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -49,7 +46,14 @@ import msgspec
 from dependency_injector import providers
 
 from bench.bench_ingest import RssSampler, one_server
-from bench.common import base_parser, emit, median, request_bodies, scratch_dir
+from bench.common import (
+    base_parser,
+    emit,
+    median,
+    request_bodies,
+    scratch_dir,
+    start_bare_app,
+)
 from bench.load import HOST, free_port, request_bytes, run_load, stop, wait_http
 from telemetry.adapters.memory import MemoryApiKeyStore
 from telemetry.domain.api_keys import format_key, new_stored_key
@@ -64,28 +68,6 @@ from telemetry.entrypoints.http.openapi import AcceptedBody
 from telemetry.entrypoints.http.sender import Sender
 from telemetry.entrypoints.http.server import tune_gc
 from telemetry.entrypoints.settings import Settings
-
-_BARE_APP = '''
-import os
-N = int(os.environ["BARE_READINGS"])
-BODY = (b'{"accepted":%d,"reading_ids":[' % N + b",".join([b'"' + b"0" * 32 + b'"'] * N)
-        + b"]}")
-LENGTH = str(len(BODY)).encode()
-
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    status = 202 if scope["method"] == "POST" else 200
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", LENGTH)]})
-    await send({"type": "http.response.body", "body": BODY})
-'''
 
 KEY_ID, SECRET = "0123456789abcdef", "s" * 43
 KEY = format_key(KEY_ID, SECRET)
@@ -282,12 +264,8 @@ def server_cpu(root: Path, bodies: list[bytes], seconds: float, load: str, procs
     if ours["errors"]:
         print(f"ours: {ours['errors']} answers not 202 (not counted): {ours['statuses']}")
     ours_rps = ours["readings_per_s"] / per_request
-    (root / "bare_app.py").write_text(_BARE_APP)
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", HOST, "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
-         "warning"], cwd=root, env={**os.environ, "BARE_READINGS": str(per_request)})
+    server = start_bare_app(root, HOST, port, per_request)
     try:
         wait_http(port, "/")
         reqs = [request_bytes(port, "/v1/readings", b, {"X-API-Key": "k"}) for b in bodies]

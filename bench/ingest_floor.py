@@ -21,15 +21,20 @@ Together: one process cannot go faster than 1 / (domain CPU + stack CPU) request
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import base_parser, emit, median, request_bodies, scratch_dir
+from bench.common import (
+    base_parser,
+    emit,
+    median,
+    request_bodies,
+    scratch_dir,
+    start_bare_app,
+)
 from bench.load import HOST, free_port, request_bytes, run_load, stop, wait_http
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
@@ -37,26 +42,6 @@ from telemetry.domain.accept import AcceptReadings
 from telemetry.domain.readings import ReadingRules
 from telemetry.entrypoints.http import bodies as wire
 from telemetry.entrypoints.settings import Settings
-
-_BARE_APP = '''
-# The size of our 202 answer to 100 readings: 100 ids of 32 hex digits.
-BODY = b'{"accepted":100,"reading_ids":[' + b",".join([b'"' + b"0" * 32 + b'"'] * 100) + b"]}"
-LENGTH = str(len(BODY)).encode()
-
-
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    status = 202 if scope["method"] == "POST" else 200
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", LENGTH)]})
-    await send({"type": "http.response.body", "body": BODY})
-'''
 
 
 def _cpu_per_call(fn: Callable[[], object], calls: int) -> float:
@@ -97,13 +82,9 @@ def domain_costs(root: Path, bodies: list[bytes]) -> dict[str, float]:
 
 
 def stack_rate(root: Path, bodies: list[bytes], seconds: float, load: str, procs: int,
-               conns: int) -> float:
-    (root / "bare_app.py").write_text(_BARE_APP)
+               conns: int, per_request: int) -> float:
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", HOST, "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
-         "warning"], cwd=root)
+    server = start_bare_app(root, HOST, port, per_request)
     try:
         wait_http(port, "/")
         reqs = [request_bytes(port, "/v1/readings", b, {"X-API-Key": "k"}) for b in bodies]
@@ -132,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             start=datetime.now(UTC) - timedelta(minutes=1))
     try:
         costs = [domain_costs(root, bodies) for _ in range(args.runs)]
-        rates = [stack_rate(root, bodies, args.seconds, args.load, args.load_procs, args.conns)
+        rates = [stack_rate(root, bodies, args.seconds, args.load, args.load_procs, args.conns,
+                                  args.per_request)
                  for _ in range(args.runs)]
     finally:
         shutil.rmtree(root, ignore_errors=True)
