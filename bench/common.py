@@ -11,7 +11,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,14 @@ def start_bare_app(root: Path, host: str, port: int, readings: int) -> subproces
         [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", host, "--port", str(port),
          "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level",
          "warning"], cwd=root, env={**os.environ, "BARE_READINGS": str(readings)})
+
+
+def cpu_per_call(fn: Callable[[], object], calls: int) -> float:
+    """Median CPU seconds (all threads of this process) per call over 3 rounds."""
+    rounds = []
+    for _ in range(3):
+        t = time.process_time()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.process_time() - t) / calls)
+    return median(rounds)

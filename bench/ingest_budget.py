@@ -54,6 +54,9 @@ from bench.common import (
     scratch_dir,
     start_bare_app,
 )
+from bench.common import (
+    cpu_per_call as _cpu,
+)
 from bench.load import HOST, free_port, request_bytes, run_load, stop, wait_http
 from telemetry.adapters.memory import MemoryApiKeyStore
 from telemetry.domain.api_keys import format_key, new_stored_key
@@ -71,17 +74,6 @@ from telemetry.entrypoints.settings import Settings
 
 KEY_ID, SECRET = "0123456789abcdef", "s" * 43
 KEY = format_key(KEY_ID, SECRET)
-
-
-def _cpu(fn: Callable[[], object], calls: int) -> float:
-    """Median CPU seconds (all threads) per call over 3 rounds."""
-    rounds = []
-    for _ in range(3):
-        t = time.process_time()
-        for _ in range(calls):
-            fn()
-        rounds.append((time.process_time() - t) / calls)
-    return median(rounds)
 
 
 def _cpu_async(loop: asyncio.AbstractEventLoop, make: Callable[[], Any], calls: int) -> float:

@@ -21,14 +21,13 @@ Together: one process cannot go faster than 1 / (domain CPU + stack CPU) request
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     base_parser,
+    cpu_per_call,
     emit,
     median,
     request_bodies,
@@ -42,17 +41,6 @@ from telemetry.domain.accept import AcceptReadings
 from telemetry.domain.readings import ReadingRules
 from telemetry.entrypoints.http import bodies as wire
 from telemetry.entrypoints.settings import Settings
-
-
-def _cpu_per_call(fn: Callable[[], object], calls: int) -> float:
-    """Median CPU seconds per call over 3 rounds."""
-    rounds = []
-    for _ in range(3):
-        t = time.process_time()
-        for _ in range(calls):
-            fn()
-        rounds.append((time.process_time() - t) / calls)
-    return median(rounds)
 
 
 def domain_costs(root: Path, bodies: list[bytes]) -> dict[str, float]:
@@ -70,12 +58,12 @@ def domain_costs(root: Path, bodies: list[bytes]) -> dict[str, float]:
         queue.send(accept.execute(wire.decode(wire.JSON, bodies[i]), None).messages)
 
     out = {
-        "decode_us": _cpu_per_call(lambda: wire.decode(wire.JSON, bodies[next(it) % n]),
+        "decode_us": cpu_per_call(lambda: wire.decode(wire.JSON, bodies[next(it) % n]),
+                                  300) * 1e6,
+        "prepare_us": cpu_per_call(lambda: accept.execute(decoded[next(it) % n], None),
                                    300) * 1e6,
-        "prepare_us": _cpu_per_call(lambda: accept.execute(decoded[next(it) % n], None),
-                                    300) * 1e6,
-        "send_us": _cpu_per_call(lambda: queue.send(prepared[next(it) % n]), 300) * 1e6,
-        "whole_us": _cpu_per_call(whole, 300) * 1e6,
+        "send_us": cpu_per_call(lambda: queue.send(prepared[next(it) % n]), 300) * 1e6,
+        "whole_us": cpu_per_call(whole, 300) * 1e6,
     }
     queue.close()
     return out

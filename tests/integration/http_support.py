@@ -25,6 +25,10 @@ from telemetry.entrypoints.settings import Settings
 KEY_ID, SECRET = "0123456789abcdef", "s" * 43
 KEY = format_key(KEY_ID, SECRET)
 URL = "/v1/readings"
+SETTINGS = Settings(queue="memory", storage="memory")
+JSON = {"Content-Type": "application/json"}
+NDJSON = {"Content-Type": "application/x-ndjson"}
+MSGPACK = {"Content-Type": "application/msgpack"}
 
 
 def make_container(settings: Settings, vehicles: Sequence[str] = ("car-*",)) -> Container:

@@ -24,8 +24,12 @@ from telemetry.entrypoints.http.sender import Sender
 from telemetry.entrypoints.logs import _JsonFormatter, _TextFormatter
 from telemetry.entrypoints.settings import MiB, Settings
 from tests.integration.http_support import (
+    JSON,
     KEY,
+    MSGPACK,
+    NDJSON,
     SECRET,
+    SETTINGS,
     URL,
     BrokenQueue,
     HangingQueue,
@@ -40,11 +44,6 @@ from tests.integration.http_support import (
     with_queue,
 )
 from tests.prometheus_text import samples
-
-SETTINGS = Settings(queue="memory", storage="memory")
-JSON = {"Content-Type": "application/json"}
-NDJSON = {"Content-Type": "application/x-ndjson"}
-MSGPACK = {"Content-Type": "application/msgpack"}
 
 
 @pytest.fixture

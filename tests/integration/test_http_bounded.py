@@ -14,13 +14,17 @@ from litestar.testing import TestClient
 from telemetry.entrypoints.container import Container
 from telemetry.entrypoints.http import bodies
 from telemetry.entrypoints.http.errors import MAX_LISTED_PROBLEMS, Unprocessable
-from telemetry.entrypoints.settings import Settings
-from tests.integration.http_support import URL, client_for, good, make_container, ndjson
-
-SETTINGS = Settings(queue="memory", storage="memory")
-JSON = {"Content-Type": "application/json"}
-NDJSON = {"Content-Type": "application/x-ndjson"}
-MSGPACK = {"Content-Type": "application/msgpack"}
+from tests.integration.http_support import (
+    JSON,
+    MSGPACK,
+    NDJSON,
+    SETTINGS,
+    URL,
+    client_for,
+    good,
+    make_container,
+    ndjson,
+)
 
 
 @pytest.fixture
