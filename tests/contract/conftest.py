@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -33,8 +34,11 @@ import pytest
 from telemetry.adapters.api_key_file import FileApiKeyStore
 from telemetry.adapters.filesystem import FilesystemStorage
 from telemetry.adapters.memory import MemoryApiKeyStore, MemoryQueue, MemoryStorage
+from telemetry.adapters.shared_ratelimit import SharedRateLimiter
 from telemetry.adapters.sqlite_queue import SqliteQueue
+from telemetry.domain.ports.rate_limits import RateLimits
 from telemetry.domain.ports.storage import Storage
+from telemetry.domain.ratelimit import RateLimiter
 from tests.support.fakes import FakeClock
 from tests.support.roles import ApiKeyStore, Queue
 
@@ -232,3 +236,39 @@ KEYSTORE_ADAPTERS: dict[str, KeyStoreFactory] = {
 def key_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ApiKeyStore]:
     with KEYSTORE_ADAPTERS[request.param](tmp_path) as k:
         yield k
+
+
+# ------------------------------------------------------------------ rate limits
+
+MakeLimits = Callable[[float, float], RateLimits]
+"""(rate, burst) -> a fresh limiter of one adapter."""
+
+
+def _memory_limits(tmp_path: Path) -> Iterator[MakeLimits]:
+    yield RateLimiter
+
+
+def _file_limits(tmp_path: Path) -> Iterator[MakeLimits]:
+    made: list[SharedRateLimiter] = []
+    names = itertools.count()
+
+    def make(rate: float, burst: float) -> RateLimits:
+        # a small table: the stalest-slot reuse is exercised by the suite's many keys too
+        made.append(SharedRateLimiter(tmp_path / f"buckets-{next(names)}", rate, burst,
+                                      slots=64))
+        return made[-1]
+
+    yield make
+    for limiter in made:
+        limiter.close()
+
+
+RATE_LIMIT_ADAPTERS: dict[str, Callable[[Path], Iterator[MakeLimits]]] = {
+    "memory": _memory_limits,
+    "file": _file_limits,
+}
+
+
+@pytest.fixture(params=sorted(RATE_LIMIT_ADAPTERS))
+def make_limits(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeLimits]:
+    yield from RATE_LIMIT_ADAPTERS[request.param](tmp_path)

@@ -7,6 +7,7 @@ so there is no concurrent access to guard against, and tests drive time by hand.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 
 @dataclass(slots=True)
@@ -54,3 +55,10 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+if TYPE_CHECKING:  # conformance, checked by mypy
+    from telemetry.domain.ports.rate_limits import RateLimits
+
+    def _conforms(x: RateLimiter) -> RateLimits:
+        return x

@@ -95,6 +95,18 @@ def _worker(drain: Any, stop: threading.Event, clock: Any, settings: Settings,
                   observers=watch.all)
 
 
+def _rate_limiter(settings: Settings) -> Any:
+    if settings.rate_limit_file is None:
+        return RateLimiter(settings.rate_limit, settings.rate_burst)
+    from telemetry.adapters.shared_ratelimit import SharedRateLimiter
+
+    try:
+        return SharedRateLimiter(settings.rate_limit_file, settings.rate_limit,
+                                 settings.rate_burst)
+    except OSError as exc:
+        raise ConfigError(f"TELEMETRY_RATE_LIMIT_FILE: {exc}") from None
+
+
 def _s3_storage(**kwargs: Any) -> Any:
     from telemetry.adapters.aws_client import AwsSetupError
     from telemetry.adapters.s3 import S3Storage
@@ -157,9 +169,8 @@ class Container(containers.DeclarativeContainer):
     )
 
     authenticator = providers.Singleton(Authenticator, api_keys)
-    # one per ingest process: the per-key token buckets
-    rate_limiter = providers.Singleton(
-        RateLimiter, settings.provided.rate_limit, settings.provided.rate_burst)
+    # the per-key token buckets: the process's own, or a file's that several processes share
+    rate_limiter = providers.Singleton(_rate_limiter, settings)
     accept_readings = providers.Singleton(AcceptReadings, queue, clock, rules)
     drain_batches = providers.Factory(
         DrainBatches, queue, storage, clock, batch_policy, compress=settings.provided.compress,

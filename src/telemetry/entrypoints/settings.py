@@ -60,9 +60,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: PositiveInt = MiB
     max_decompressed_bytes: PositiveInt = 8 * MiB
     enqueue_timeout: Positive = 5.0
-    # per-key token bucket, requests per second and burst, per ingest process
+    # per-key token bucket, requests per second and burst
     rate_limit: Positive = 10_000.0
     rate_burst: PositiveInt = 20_000
+    # buckets shared by every process of a host that names this file (`serve --workers N`
+    # makes one for its processes); None: each process keeps its own
+    rate_limit_file: Path | None = None
     ready_timeout: Positive = 2.0
     # the operations listener (/metrics, /readyz, /schema): loopback unless said otherwise
     ops_host: str = "127.0.0.1"

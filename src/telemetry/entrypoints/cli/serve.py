@@ -56,6 +56,12 @@ def run(args: argparse.Namespace, inv: Invocation) -> int:
     if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
         metrics_dir = tempfile.mkdtemp(prefix="telemetry-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
+    # ... and they share one table of rate-limit buckets, so that a key gets the configured
+    # rate, not N times it.
+    limits_dir = None
+    if args.workers > 1 and s.rate_limit_file is None:
+        limits_dir = tempfile.mkdtemp(prefix="telemetry-ratelimit-")  # 0700
+        os.environ["TELEMETRY_RATE_LIMIT_FILE"] = os.path.join(limits_dir, "buckets")
     try:
         uvicorn.run(
             app,
@@ -72,6 +78,7 @@ def run(args: argparse.Namespace, inv: Invocation) -> int:
             timeout_graceful_shutdown=10,
         )
     finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for made in (metrics_dir, limits_dir):
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
     return 0

@@ -21,7 +21,7 @@ from litestar.datastructures import State
 
 from telemetry.domain.accept import AcceptReadings
 from telemetry.domain.errors import Forbidden, InvalidReadings, QueueUnavailable
-from telemetry.domain.ratelimit import RateLimiter
+from telemetry.domain.ports.rate_limits import RateLimits
 from telemetry.entrypoints.http import bodies
 from telemetry.entrypoints.http.errors import (
     QueueUnavailableError,
@@ -50,7 +50,7 @@ _encode = msgspec.json.Encoder().encode
 class IngestEndpoint:
     """What one process's ingest route needs, built once at start."""
 
-    def __init__(self, accept: AcceptReadings, authenticator: Any, limiter: RateLimiter,
+    def __init__(self, accept: AcceptReadings, authenticator: Any, limiter: RateLimits,
                  clock: Any, sender: Sender, metrics: IngestMetrics, *, max_wire: int,
                  max_inflated: int, max_batch: int, enqueue_timeout: float) -> None:
         self.accept = accept

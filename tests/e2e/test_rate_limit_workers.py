@@ -1,0 +1,51 @@
+"""`serve --workers 2`: a key gets the configured rate limit, not twice it."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Pipeline
+from tests.prometheus_text import samples
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_processes_of_serve_share_each_keys_bucket(pipeline: Pipeline) -> None:
+    pipeline.env["TELEMETRY_RATE_BURST"] = "5"
+    pipeline.env["TELEMETRY_RATE_LIMIT"] = "0.001"  # no refill within the test
+    key = pipeline.create_key()
+    port = pipeline.use_ports()
+    serve = pipeline.start("serve", "--port", str(port), "--workers", "2", log_name="serve")
+    deadline = time.monotonic() + 60
+    while True:
+        assert serve.poll() is None, pipeline.log("serve")
+        try:
+            if httpx.get(pipeline.url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, pipeline.log("serve")
+        time.sleep(0.2)
+    now = datetime.now(UTC).isoformat()
+    statuses = []
+    for i in range(30):  # new connections: the kernel spreads them over both processes
+        reading = {"vehicle_id": "car-1", "ts": now, "reading_id": f"r{i}",
+                   "signals": {"Vehicle.Speed": 1.0}}
+        with httpx.Client() as c:
+            r = c.post(pipeline.url + "/v1/readings", json={"readings": [reading]},
+                       headers={"X-API-Key": key}, timeout=30)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+    assert statuses.count(202) == 5, statuses
+    assert statuses.count(429) == 25, statuses
+    # Both processes answered some of them (each counts its own in the summed metrics).
+    with httpx.Client() as c:
+        m = samples(c.get(pipeline.ops_url + "/metrics", timeout=10).text)
+    assert m["telemetry_ingest_requests_total{reason=rate_limited,status=429}"] == 25
+    assert len({k for k in m if k.startswith("telemetry_process_start_time_seconds")}) == 2
+    assert pipeline.stop(serve) == 0
