@@ -30,7 +30,8 @@ def _ensure(extras: str) -> None:
         print(f"creating {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     # The C kernels are built at install time: a change to one reinstalls, as pyproject's does.
-    sources = [ROOT / "pyproject.toml", *sorted((ROOT / "src" / "telemetry").glob("*.c"))]
+    sources = [ROOT / "pyproject.toml", ROOT / "setup.py",
+               *sorted((ROOT / "src" / "telemetry").glob("*.c"))]
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + extras.encode()).hexdigest()
     stamp = VENV / f".installed-{digest[:16]}"
     if stamp.exists():

@@ -1,5 +1,638 @@
+/* Ingest's per-reading work in one pass: reading ids, hour grouping, event times and lake lines.
+
+   The input is msgspec's JSON of the request's readings (`encode_lines`, one line a reading),
+   so every value keeps msgspec's exact spelling; this module only cuts those lines apart and
+   splices the pieces into the lake line and the reading-id payload. Anything it does not
+   recognise (an unexpected shape, a timestamp it cannot read, an offset finer than a minute)
+   makes `prepare` return None, and the caller takes the pure-Python path: the output is then
+   the same by construction, only slower.
+
+   SHA-256 comes from OpenSSL's libcrypto when its headers and library were there at build time
+   (TELEMETRY_OPENSSL; its assembly uses the CPU's SHA instructions), else from the portable
+   implementation below. */
+
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ SHA-256 */
+
+#ifdef TELEMETRY_OPENSSL
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
+
+typedef SHA256_CTX sha_ctx;
+static void sha_init(sha_ctx *c) { SHA256_Init(c); }
+static void sha_update(sha_ctx *c, const void *p, size_t n) { SHA256_Update(c, p, n); }
+static void sha_final(sha_ctx *c, unsigned char out[32]) { SHA256_Final(out, c); }
+#define SHA_BACKEND "openssl"
+
+#else
+
+typedef struct {
+    uint32_t h[8];
+    uint64_t len;
+    unsigned char buf[64];
+    size_t fill;
+} sha_ctx;
+
+static const uint32_t K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void
+sha_block(uint32_t h[8], const unsigned char *p)
+{
+    uint32_t w[64], a, b, c, d, e, f, g, k, t1, t2;
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i++) {
+        t1 = k + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
+        t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+    }
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
+}
+
+static void
+sha_init(sha_ctx *c)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(c->h, iv, sizeof iv);
+    c->len = 0;
+    c->fill = 0;
+}
+
+static void
+sha_update(sha_ctx *c, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    c->len += n;
+    if (c->fill) {
+        size_t take = 64 - c->fill < n ? 64 - c->fill : n;
+        memcpy(c->buf + c->fill, p, take);
+        c->fill += take, p += take, n -= take;
+        if (c->fill < 64)
+            return;
+        sha_block(c->h, c->buf);
+        c->fill = 0;
+    }
+    for (; n >= 64; p += 64, n -= 64)
+        sha_block(c->h, p);
+    memcpy(c->buf, p, n);
+    c->fill = n;
+}
+
+static void
+sha_final(sha_ctx *c, unsigned char out[32])
+{
+    uint64_t bits = c->len * 8;
+    unsigned char pad[72] = {0x80};
+    size_t padlen = (c->fill < 56 ? 56 : 120) - c->fill;
+    for (int i = 0; i < 8; i++)
+        pad[padlen + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha_update(c, pad, padlen + 8);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(c->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(c->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(c->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)c->h[i];
+    }
+}
+#define SHA_BACKEND "portable"
+#endif
+
+/* ------------------------------------------------------------------ JSON pieces */
+
+/* End of the JSON string starting at p (p[0] == '"'), one past its closing quote; NULL when it
+   does not close before `end` or holds a raw newline. */
+static const char *
+skip_string(const char *p, const char *end)
+{
+    for (p++; p < end; p++) {
+        if (*p == '\\') {
+            if (++p >= end)
+                return NULL;
+        }
+        else if (*p == '"')
+            return p + 1;
+        else if (*p == '\n')
+            return NULL;
+    }
+    return NULL;
+}
+
+/* End of the JSON value at p: a string, an object or array (strings inside skipped), or a
+   scalar running to the next , } ] or newline. NULL when it does not end before `end`. */
+static const char *
+skip_value(const char *p, const char *end)
+{
+    if (p >= end)
+        return NULL;
+    if (*p == '"')
+        return skip_string(p, end);
+    if (*p == '{' || *p == '[') {
+        int depth = 0;
+        while (p < end) {
+            char ch = *p;
+            if (ch == '"') {
+                p = skip_string(p, end);
+                if (p == NULL)
+                    return NULL;
+                continue;
+            }
+            if (ch == '\n')
+                return NULL;
+            if (ch == '{' || ch == '[')
+                depth++;
+            else if (ch == '}' || ch == ']') {
+                if (--depth == 0)
+                    return p + 1;
+            }
+            p++;
+        }
+        return NULL;
+    }
+    const char *s = p;
+    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != '\n')
+        p++;
+    return p > s && p < end ? p : NULL;
+}
+
+/* Consume the literal `lit` at *p. */
+static int
+take(const char **p, const char *end, const char *lit, size_t n)
+{
+    if ((size_t)(end - *p) < n || memcmp(*p, lit, n) != 0)
+        return 0;
+    *p += n;
+    return 1;
+}
+#define TAKE(p, end, lit) take(&(p), (end), (lit), sizeof(lit) - 1)
+
+/* ------------------------------------------------------------------ time */
+
+static int64_t
+floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm). */
+static int64_t
+days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = floor_div(y, 400);
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static void
+civil_from_days(int64_t z, int64_t *y, int *m, int *d)
+{
+    z += 719468;
+    int64_t era = floor_div(z, 146097);
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+static int
+digits(const char *p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = v;
+    return 1;
+}
+
+/* msgspec's spelling of an aware datetime, YYYY-MM-DDTHH:MM:SS[.ffffff](Z|+HH:MM|-HH:MM), as
+   microseconds since the epoch (UTC). */
+static int
+parse_ts(const char *p, size_t n, int64_t *us)
+{
+    int y, mo, d, h, mi, s, frac = 0, oh, om;
+    if (n < 20 || p[4] != '-' || p[7] != '-' || p[10] != 'T' || p[13] != ':' || p[16] != ':')
+        return 0;
+    if (!digits(p, 4, &y) || !digits(p + 5, 2, &mo) || !digits(p + 8, 2, &d) ||
+        !digits(p + 11, 2, &h) || !digits(p + 14, 2, &mi) || !digits(p + 17, 2, &s))
+        return 0;
+    if (mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || s > 59)
+        return 0;
+    size_t i = 19;
+    if (p[i] == '.') {
+        if (n < i + 8 || !digits(p + i + 1, 6, &frac))
+            return 0;
+        i += 7;
+    }
+    int64_t offset = 0;
+    if (n == i + 1 && p[i] == 'Z') {
+    }
+    else if (n == i + 6 && (p[i] == '+' || p[i] == '-') && p[i + 3] == ':' &&
+             digits(p + i + 1, 2, &oh) && digits(p + i + 4, 2, &om) && oh < 24 && om < 60) {
+        offset = (oh * 60 + om) * 60;
+        if (p[i] == '-')
+            offset = -offset;
+    }
+    else
+        return 0;
+    int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s - offset;
+    *us = secs * 1000000 + frac;
+    return 1;
+}
+
+/* The UTC spelling of `us`: YYYY-MM-DDTHH:MM:SS.ffffffZ (27 chars) into out; the length of the
+   lake line's spelling (msgspec's: without the fraction when it is zero) into *lake_len.
+   0 for years outside 1000-9999 (msgspec and canonical_ts spell those differently). */
+static int
+format_ts(int64_t us, char out[27], size_t *lake_len)
+{
+    int64_t secs = floor_div(us, 1000000);
+    int frac = (int)(us - secs * 1000000);
+    int64_t days = floor_div(secs, 86400);
+    int sod = (int)(secs - days * 86400);
+    int64_t y;
+    int m, d;
+    civil_from_days(days, &y, &m, &d);
+    if (y < 1000 || y > 9999)
+        return 0;
+    int v[6] = {(int)y, m, d, sod / 3600, sod / 60 % 60, sod % 60};
+    snprintf(out, 28, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", v[0], v[1], v[2], v[3], v[4], v[5],
+             frac);
+    if (frac) {
+        *lake_len = 27;
+    }
+    else {
+        *lake_len = 20;
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ output per hour */
+
+typedef struct {
+    int64_t hour;
+    char *buf;
+    size_t len, cap;
+    PyObject *ts;      /* list[int] */
+    PyObject *indices; /* list[int] */
+} group_t;
+
+typedef struct {
+    group_t *g;
+    Py_ssize_t n, cap, last;
+} groups_t;
+
+static void
+groups_free(groups_t *gs)
+{
+    for (Py_ssize_t i = 0; i < gs->n; i++) {
+        PyMem_Free(gs->g[i].buf);
+        Py_XDECREF(gs->g[i].ts);
+        Py_XDECREF(gs->g[i].indices);
+    }
+    PyMem_Free(gs->g);
+}
+
+static group_t *
+group_for(groups_t *gs, int64_t hour)
+{
+    if (gs->n && gs->g[gs->last].hour == hour)
+        return &gs->g[gs->last];
+    for (Py_ssize_t i = 0; i < gs->n; i++)
+        if (gs->g[i].hour == hour) {
+            gs->last = i;
+            return &gs->g[i];
+        }
+    if (gs->n == gs->cap) {
+        Py_ssize_t cap = gs->cap ? gs->cap * 2 : 4;
+        group_t *g = PyMem_Realloc(gs->g, cap * sizeof(group_t));
+        if (g == NULL)
+            return NULL;
+        gs->g = g, gs->cap = cap;
+    }
+    group_t *g = &gs->g[gs->n];
+    memset(g, 0, sizeof *g);
+    g->hour = hour;
+    g->ts = PyList_New(0);
+    g->indices = PyList_New(0);
+    gs->last = gs->n++;
+    if (g->ts == NULL || g->indices == NULL)
+        return NULL;
+    return g;
+}
+
+static int
+append(group_t *g, const void *p, size_t n)
+{
+    if (g->len + n > g->cap) {
+        size_t cap = g->cap ? g->cap : 4096;
+        while (cap < g->len + n)
+            cap *= 2;
+        char *b = PyMem_Realloc(g->buf, cap);
+        if (b == NULL)
+            return 0;
+        g->buf = b, g->cap = cap;
+    }
+    memcpy(g->buf + g->len, p, n);
+    g->len += n;
+    return 1;
+}
+
+static int
+append_int(PyObject *list, long long v)
+{
+    PyObject *o = PyLong_FromLongLong(v);
+    if (o == NULL)
+        return 0;
+    int rc = PyList_Append(list, o);
+    Py_DECREF(o);
+    return rc == 0;
+}
+
+/* ------------------------------------------------------------------ prepare */
+
+static const char HEX[] = "0123456789abcdef";
+#define ID_PREFIX "telemetry.reading.v1\n"
+
+/* Whether the reading's ts is one msgspec spells with its exact offset: UTC, or an offset of
+   whole minutes (msgspec drops seconds of an offset). */
+static int
+ts_offset_ok(PyObject *reading, PyObject *ts_name, PyObject **last_tz)
+{
+    PyObject *ts = PyObject_GetAttr(reading, ts_name);
+    if (ts == NULL)
+        return -1;
+    int ok = 0;
+    if (PyDateTime_Check(ts)) {
+        PyObject *tz = PyDateTime_DATE_GET_TZINFO(ts);
+        if (tz == PyDateTime_TimeZone_UTC || tz == *last_tz)
+            ok = 1;
+        else if (PyTZInfo_Check(tz) && Py_IS_TYPE(tz, PyDateTime_TimeZone_UTC->ob_type)) {
+            /* a fixed-offset `timezone`: its offset is the same for every datetime */
+            PyObject *off = PyObject_CallMethod(tz, "utcoffset", "O", ts);
+            if (off == NULL) {
+                Py_DECREF(ts);
+                return -1;
+            }
+            if (PyDelta_Check(off) && PyDateTime_DELTA_GET_SECONDS(off) % 60 == 0 &&
+                PyDateTime_DELTA_GET_MICROSECONDS(off) == 0) {
+                ok = 1;
+                *last_tz = tz; /* borrowed: the readings hold it for the call */
+            }
+            Py_DECREF(off);
+        }
+    }
+    Py_DECREF(ts);
+    return ok;
+}
+
+static PyObject *
+prepare(PyObject *self, PyObject *args)
+{
+    PyObject *readings, *canonical_obj;
+    Py_buffer plain = {0}, received = {0};
+    if (!PyArg_ParseTuple(args, "O!Oy*y*:prepare", &PyList_Type, &readings, &canonical_obj,
+                          &plain, &received))
+        return NULL;
+    Py_buffer canonical = {0};
+    int have_canonical = canonical_obj != Py_None;
+    if (have_canonical && PyObject_GetBuffer(canonical_obj, &canonical, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&plain);
+        PyBuffer_Release(&received);
+        return NULL;
+    }
+    PyObject *result = NULL, *ids = NULL, *ts_name = NULL, *rid_name = NULL;
+    PyObject *last_tz = NULL;
+    groups_t gs = {0};
+    Py_ssize_t n = PyList_GET_SIZE(readings);
+    const char *pp = plain.buf, *pend = pp + plain.len;
+    const char *cp = have_canonical ? canonical.buf : NULL;
+    const char *cend = have_canonical ? cp + canonical.len : NULL;
+    const char *recv = received.buf;
+    size_t recv_len = (size_t)received.len;
+
+    ids = PyList_New(n);
+    ts_name = PyUnicode_InternFromString("ts");
+    rid_name = PyUnicode_InternFromString("reading_id");
+    if (ids == NULL || ts_name == NULL || rid_name == NULL)
+        goto error;
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *reading = PyList_GET_ITEM(readings, i);
+        int ok = ts_offset_ok(reading, ts_name, &last_tz);
+        if (ok < 0)
+            goto error;
+        if (!ok)
+            goto fallback;
+
+        /* The plain line: {"vehicle_id":V,"ts":"T","signals":S[,"reading_id":R]}\n */
+        const char *p = pp, *vid, *vid_end, *ts, *ts_end, *sig, *sig_end, *rid = NULL,
+                   *rid_end = NULL;
+        if (!TAKE(p, pend, "{\"vehicle_id\":") || p >= pend || *p != '"')
+            goto fallback;
+        vid = p;
+        if ((p = vid_end = skip_string(p, pend)) == NULL || !TAKE(p, pend, ",\"ts\":\""))
+            goto fallback;
+        ts = p;
+        while (p < pend && *p != '"' && *p != '\n')
+            p++;
+        ts_end = p;
+        if (!TAKE(p, pend, "\",\"signals\":") || p >= pend || *p != '{')
+            goto fallback;
+        sig = p;
+        if ((p = sig_end = skip_value(p, pend)) == NULL)
+            goto fallback;
+        if (TAKE(p, pend, ",\"reading_id\":")) {
+            if (p >= pend || *p != '"')
+                goto fallback;
+            rid = p;
+            if ((p = rid_end = skip_string(p, pend)) == NULL)
+                goto fallback;
+        }
+        if (!TAKE(p, pend, "}\n"))
+            goto fallback;
+        pp = p;
+
+        /* The sorted line, for a derived id: {["reading_id":R,]"signals":S,"ts":...}\n */
+        const char *csig = NULL, *csig_end = NULL;
+        if (have_canonical) {
+            const char *q = cp;
+            if (!TAKE(q, cend, "{"))
+                goto fallback;
+            if (TAKE(q, cend, "\"reading_id\":")) {
+                if ((q = skip_value(q, cend)) == NULL || !TAKE(q, cend, ","))
+                    goto fallback;
+            }
+            if (!TAKE(q, cend, "\"signals\":") || q >= cend || *q != '{')
+                goto fallback;
+            csig = q;
+            if ((q = csig_end = skip_value(q, cend)) == NULL)
+                goto fallback;
+            /* JSON escapes newlines inside strings: the line ends at the next one. */
+            if ((q = memchr(q, '\n', (size_t)(cend - q))) == NULL)
+                goto fallback;
+            cp = q + 1;
+        }
+
+        int64_t us;
+        char when[28];
+        size_t lake_len;
+        if (!parse_ts(ts, (size_t)(ts_end - ts), &us) || !format_ts(us, when, &lake_len))
+            goto fallback;
+        int64_t t_ms = floor_div(us, 1000);
+        int64_t hour = floor_div(t_ms, 3600000) * 3600;
+
+        /* The id: the given one, else the content hash. */
+        PyObject *given = PyObject_GetAttr(reading, rid_name);
+        if (given == NULL)
+            goto error;
+        char hex[34];
+        if (given != Py_None) {
+            if (rid == NULL || !PyUnicode_Check(given)) {
+                Py_DECREF(given);
+                goto fallback;
+            }
+            PyList_SET_ITEM(ids, i, given);
+        }
+        else {
+            Py_DECREF(given);
+            if (rid != NULL || csig == NULL)
+                goto fallback;
+            sha_ctx c;
+            unsigned char digest[32];
+            sha_init(&c);
+            sha_update(&c, ID_PREFIX "[", sizeof(ID_PREFIX "[") - 1);
+            sha_update(&c, vid, (size_t)(vid_end - vid));
+            sha_update(&c, ",\"", 2);
+            sha_update(&c, when, 27);
+            sha_update(&c, "\",", 2);
+            sha_update(&c, csig, (size_t)(csig_end - csig));
+            sha_update(&c, "]", 1);
+            sha_final(&c, digest);
+            hex[0] = hex[33] = '"';
+            for (int b = 0; b < 16; b++) {
+                hex[1 + 2 * b] = HEX[digest[b] >> 4];
+                hex[2 + 2 * b] = HEX[digest[b] & 15];
+            }
+            PyObject *id = PyUnicode_New(32, 127);
+            if (id == NULL)
+                goto error;
+            memcpy(PyUnicode_1BYTE_DATA(id), hex + 1, 32);
+            PyList_SET_ITEM(ids, i, id);
+            rid = hex;
+            rid_end = hex + 34;
+        }
+
+        /* The lake line, Record's field order. */
+        group_t *g = group_for(&gs, hour);
+        if (g == NULL)
+            goto error;
+        if (!append(g, "{\"reading_id\":", 14) || !append(g, rid, (size_t)(rid_end - rid)) ||
+            !append(g, ",\"vehicle_id\":", 14) || !append(g, vid, (size_t)(vid_end - vid)) ||
+            !append(g, ",\"ts\":\"", 7) || !append(g, when, lake_len - 1) ||
+            !append(g, "Z\",\"received_at\":", 17) || !append(g, recv, recv_len) ||
+            !append(g, ",\"signals\":", 11) || !append(g, sig, (size_t)(sig_end - sig)) ||
+            !append(g, "}\n", 2)) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        if (!append_int(g->ts, t_ms) || !append_int(g->indices, i))
+            goto error;
+    }
+    if (pp != pend || (have_canonical && cp != cend))
+        goto fallback;
+
+    PyObject *by_hour = PyDict_New();
+    if (by_hour == NULL)
+        goto error;
+    for (Py_ssize_t k = 0; k < gs.n; k++) {
+        group_t *g = &gs.g[k];
+        PyObject *key = PyLong_FromLongLong(g->hour);
+        PyObject *lines = PyBytes_FromStringAndSize(g->buf, (Py_ssize_t)g->len);
+        PyObject *val = key && lines ? PyTuple_Pack(3, lines, g->ts, g->indices) : NULL;
+        int rc = val ? PyDict_SetItem(by_hour, key, val) : -1;
+        Py_XDECREF(key);
+        Py_XDECREF(lines);
+        Py_XDECREF(val);
+        if (rc < 0) {
+            Py_DECREF(by_hour);
+            goto error;
+        }
+    }
+    result = PyTuple_Pack(2, ids, by_hour);
+    Py_DECREF(by_hour);
+    goto done;
+
+fallback:
+    result = Py_NewRef(Py_None);
+    goto done;
+error:
+    result = NULL;
+done:
+    /* ids may hold NULL slots after a fallback; list dealloc skips them. */
+    Py_XDECREF(ids);
+    Py_XDECREF(ts_name);
+    Py_XDECREF(rid_name);
+    groups_free(&gs);
+    PyBuffer_Release(&plain);
+    PyBuffer_Release(&received);
+    if (have_canonical)
+        PyBuffer_Release(&canonical);
+    return result;
+}
+
+static PyObject *
+sha256_hex(PyObject *self, PyObject *arg)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    sha_ctx c;
+    unsigned char digest[32];
+    char hex[64];
+    sha_init(&c);
+    sha_update(&c, b.buf, (size_t)b.len);
+    sha_final(&c, digest);
+    PyBuffer_Release(&b);
+    for (int i = 0; i < 32; i++) {
+        hex[2 * i] = HEX[digest[i] >> 4];
+        hex[2 * i + 1] = HEX[digest[i] & 15];
+    }
+    return PyUnicode_FromStringAndSize(hex, 64);
+}
 
 static PyObject *
 probe(PyObject *self, PyObject *args)
@@ -9,6 +642,10 @@ probe(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"probe", probe, METH_NOARGS, "1"},
+    {"prepare", prepare, METH_VARARGS,
+     "prepare(readings, canonical_lines, record_lines, received_at_json) -> "
+     "(ids, {hour: (lines, ts_ms, indices)}) | None"},
+    {"sha256_hex", sha256_hex, METH_O, "The SHA-256 of a buffer in hex, by this module's SHA-256."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -17,5 +654,13 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ingestcore", NULL, 
 PyMODINIT_FUNC
 PyInit__ingestcore(void)
 {
-    return PyModule_Create(&module);
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "SHA256_BACKEND", SHA_BACKEND) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

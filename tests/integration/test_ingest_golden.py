@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -24,6 +25,7 @@ from dependency_injector import providers
 
 from telemetry.adapters import memory
 from telemetry.adapters.memory import MemoryQueue, MemoryStorage
+from telemetry.domain import readings
 from telemetry.domain.batching import BatchPolicy
 from telemetry.domain.drain import DrainBatches
 from telemetry.domain.readings import Reading, derive_reading_id, derive_reading_ids
@@ -94,8 +96,17 @@ def _digest(parts: list[bytes]) -> str:
     return h.hexdigest()[:32]
 
 
-@pytest.fixture
-def outcome(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+@pytest.fixture(params=["kernel", "python"])
+def outcome(
+    request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    # Both paths: the compiled kernel (`telemetry._ingestcore`) and the pure-Python one.
+    if request.param == "python":
+        monkeypatch.setattr(readings, "kernel", None)
+    elif readings.kernel is None:
+        if os.environ.get("TELEMETRY_REQUIRE_NATIVE"):
+            pytest.fail("telemetry._ingestcore is not built")
+        pytest.skip("telemetry._ingestcore is not built (no C compiler at install time)")
     # Receipts, which name raw files (and so appear in partials lines), from a counter.
     ticket = iter(range(1, 1 << 30))
     monkeypatch.setattr(memory.uuid, "uuid4", lambda: uuid.UUID(int=next(ticket)))

@@ -86,7 +86,7 @@ def partial_line(
     fewer than `min_per_vehicle` readings per vehicle, or a value is beyond what the exact sum
     can hold (aggregation then decodes that file, as it would anyway)."""
     vehicles = {r.vehicle_id for r in records}
-    if len(records) < min_per_vehicle * len(vehicles):
+    if not worth_a_partial(len(records), len(vehicles), min_per_vehicle):
         return None
     # A column at a time (comprehensions and C builtins), not a Python step per value: this
     # runs on ingest's hot path.
@@ -101,6 +101,13 @@ def partial_line(
     except OverflowError:
         return None
     return _encoder.encode(partial) + b"\n"
+
+
+def worth_a_partial(
+    readings: int, vehicles: int, min_per_vehicle: int = MIN_READINGS_PER_VEHICLE
+) -> bool:
+    """Whether an envelope of `readings` readings of `vehicles` vehicles gets a partial."""
+    return readings >= min_per_vehicle * vehicles
 
 
 def _vehicle(records: list[Record]) -> VehiclePartial:

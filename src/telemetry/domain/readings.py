@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -236,6 +236,34 @@ def derive_reading_ids(readings: Iterable[Reading]) -> list[str]:
     payloads.pop()  # after the last newline
     sha256, prefix = hashlib.sha256, _ID_PREFIX
     return [sha256(prefix + p).hexdigest()[:32] for p in payloads]
+
+
+# The compiled pass over a request's readings (`_ingestcore.c`); None where the package was
+# built without a C compiler. A module attribute, so tests can force the Python path.
+kernel: Callable[[list[Reading], bytes | None, bytes, bytes], KernelOutput | None] | None
+try:
+    from telemetry._ingestcore import prepare as kernel
+except ImportError:
+    kernel = None
+
+# hour (epoch s) -> (that hour's lake lines, each reading's ts in epoch ms, their indexes)
+HourLines = dict[int, tuple[bytes, list[int], list[int]]]
+KernelOutput = tuple[list[str], HourLines]
+
+
+def ids_and_lines(
+    readings: Sequence[Reading], received_at: datetime, derive: bool
+) -> KernelOutput | None:
+    """The reading ids and each hour's lake lines of a request, by the compiled kernel: the
+    same ids and bytes as `derive_reading_ids` and `encode_records` of the records grouped by
+    hour, from two encoder calls and one C pass (one, unless `derive`: some reading has no id).
+    None without the kernel, or when it declines (a reading msgspec spells in a way it does not
+    know, an offset finer than minutes): the caller takes the Python path."""
+    if kernel is None or type(readings) is not list:
+        return None
+    canonical = _canonical_encoder.encode_lines(readings) if derive else None
+    return kernel(readings, canonical, _record_encoder.encode_lines(readings),
+                  _record_encoder.encode(received_at))
 
 
 def reading_id_of(reading: Reading) -> str:
