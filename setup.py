@@ -4,13 +4,17 @@ SHA-256 otherwise (TELEMETRY_SHA256=portable forces that). Like every kernel it 
 without a C compiler the install goes on without it."""
 
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 from setuptools import Extension, setup
 
-_PROBE = "#include <openssl/sha.h>\nint main(void) { SHA256_CTX c; return !SHA256_Init(&c); }\n"
+_PROBE = """#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
+int main(void) { SHA256_CTX c; return !SHA256_Init(&c); }
+"""
 
 
 def _have_libcrypto() -> bool:
@@ -26,7 +30,9 @@ def _have_libcrypto() -> bool:
             src = Path(tmp, "probe.c")
             src.write_text(_PROBE)
             objs = cc.compile([str(src)], output_dir=tmp)
-            cc.link_executable(objs, "probe", output_dir=tmp, libraries=["crypto"])
+            # LDFLAGS as the extension's link gets them (a sanitizer's runtime, say)
+            cc.link_executable(objs, "probe", output_dir=tmp, libraries=["crypto"],
+                               extra_postargs=shlex.split(os.environ.get("LDFLAGS", "")))
         return True
     except Exception as exc:  # no compiler, no headers or no library: the portable SHA-256
         print(f"telemetry._ingestcore: no libcrypto ({exc}); portable SHA-256", file=sys.stderr)
