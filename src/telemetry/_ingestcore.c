@@ -142,43 +142,6 @@ skip_string(const char *p, const char *end)
     return NULL;
 }
 
-/* End of the JSON value at p: a string, an object or array (strings inside skipped), or a
-   scalar running to the next , } ] or newline. NULL when it does not end before `end`. */
-static const char *
-skip_value(const char *p, const char *end)
-{
-    if (p >= end)
-        return NULL;
-    if (*p == '"')
-        return skip_string(p, end);
-    if (*p == '{' || *p == '[') {
-        int depth = 0;
-        while (p < end) {
-            char ch = *p;
-            if (ch == '"') {
-                p = skip_string(p, end);
-                if (p == NULL)
-                    return NULL;
-                continue;
-            }
-            if (ch == '\n')
-                return NULL;
-            if (ch == '{' || ch == '[')
-                depth++;
-            else if (ch == '}' || ch == ']') {
-                if (--depth == 0)
-                    return p + 1;
-            }
-            p++;
-        }
-        return NULL;
-    }
-    const char *s = p;
-    while (p < end && *p != ',' && *p != '}' && *p != ']' && *p != '\n')
-        p++;
-    return p > s && p < end ? p : NULL;
-}
-
 /* Consume the literal `lit` at *p. */
 static int
 take(const char **p, const char *end, const char *lit, size_t n)
@@ -288,15 +251,17 @@ format_ts(int64_t us, char out[27], size_t *lake_len)
     civil_from_days(days, &y, &m, &d);
     if (y < 1000 || y > 9999)
         return 0;
-    int v[6] = {(int)y, m, d, sod / 3600, sod / 60 % 60, sod % 60};
-    snprintf(out, 28, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", v[0], v[1], v[2], v[3], v[4], v[5],
-             frac);
-    if (frac) {
-        *lake_len = 27;
+    int v[7] = {(int)y, m, d, sod / 3600, sod / 60 % 60, sod % 60, frac};
+    static const int width[7] = {4, 2, 2, 2, 2, 2, 6};
+    static const char after[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    char *o = out;
+    for (int f = 0; f < 7; f++) {
+        for (int k = width[f] - 1, x = v[f]; k >= 0; k--, x /= 10)
+            o[k] = (char)('0' + x % 10);
+        o += width[f];
+        *o++ = after[f];
     }
-    else {
-        *lake_len = 20;
-    }
+    *lake_len = frac ? 27 : 20;
     return 1;
 }
 
@@ -458,53 +423,83 @@ prepare(PyObject *self, PyObject *args)
         if (!ok)
             goto fallback;
 
-        /* The plain line: {"vehicle_id":V,"ts":"T","signals":S[,"reading_id":R]}\n */
+        /* The id given, if any, and its JSON: its own characters between quotes when none
+           of them is one JSON escapes (the contract's ids never are). */
+        PyObject *given = PyObject_GetAttr(reading, rid_name);
+        if (given == NULL)
+            goto error;
+        const char *gid = NULL;
+        Py_ssize_t gid_len = 0;
+        if (given == Py_None)
+            Py_DECREF(given);
+        else {
+            PyList_SET_ITEM(ids, i, given); /* the list owns it from here */
+            if (!PyUnicode_Check(given) || !PyUnicode_IS_ASCII(given))
+                goto fallback;
+            gid = (const char *)PyUnicode_1BYTE_DATA(given);
+            gid_len = PyUnicode_GET_LENGTH(given);
+            for (Py_ssize_t k = 0; k < gid_len; k++)
+                if (gid[k] < 0x20 || gid[k] == '"' || gid[k] == '\\' || gid[k] == 0x7f)
+                    goto fallback;
+        }
+
+        /* The plain line: {"vehicle_id":V,"ts":"T","signals":S[,"reading_id":R]}\n. JSON
+           escapes newlines inside strings, so the line ends at the next one; S is what lies
+           between the known head and the known tail. */
+        const char *line_end = memchr(pp, '\n', (size_t)(pend - pp));
+        if (line_end == NULL)
+            goto fallback;
         const char *p = pp, *vid, *vid_end, *ts, *ts_end, *sig, *sig_end, *rid = NULL,
                    *rid_end = NULL;
-        if (!TAKE(p, pend, "{\"vehicle_id\":") || p >= pend || *p != '"')
+        if (!TAKE(p, line_end, "{\"vehicle_id\":") || p >= line_end || *p != '"')
             goto fallback;
         vid = p;
-        if ((p = vid_end = skip_string(p, pend)) == NULL || !TAKE(p, pend, ",\"ts\":\""))
+        if ((p = vid_end = skip_string(p, line_end)) == NULL ||
+            !TAKE(p, line_end, ",\"ts\":\""))
             goto fallback;
         ts = p;
-        while (p < pend && *p != '"' && *p != '\n')
-            p++;
-        ts_end = p;
-        if (!TAKE(p, pend, "\",\"signals\":") || p >= pend || *p != '{')
+        if ((p = ts_end = memchr(p, '"', (size_t)(line_end - p))) == NULL ||
+            !TAKE(p, line_end, "\",\"signals\":"))
             goto fallback;
         sig = p;
-        if ((p = sig_end = skip_value(p, pend)) == NULL)
+        size_t tail = gid ? 17 + (size_t)gid_len : 1;
+        if ((size_t)(line_end - sig) < tail + 2)
             goto fallback;
-        if (TAKE(p, pend, ",\"reading_id\":")) {
-            if (p >= pend || *p != '"')
+        sig_end = line_end - tail;
+        if (*sig != '{' || sig_end[-1] != '}' || line_end[-1] != '}')
+            goto fallback;
+        if (gid) {
+            if (memcmp(sig_end, ",\"reading_id\":\"", 15) != 0 ||
+                memcmp(sig_end + 15, gid, (size_t)gid_len) != 0 || line_end[-2] != '"')
                 goto fallback;
-            rid = p;
-            if ((p = rid_end = skip_string(p, pend)) == NULL)
-                goto fallback;
+            rid = sig_end + 14;
+            rid_end = line_end - 1;
         }
-        if (!TAKE(p, pend, "}\n"))
-            goto fallback;
-        pp = p;
+        pp = line_end + 1;
 
-        /* The sorted line, for a derived id: {["reading_id":R,]"signals":S,"ts":...}\n */
+        /* The sorted line: {["reading_id":R,]"signals":S,"ts":"T","vehicle_id":V}\n; its S
+           (sorted keys) only for a derived id. */
         const char *csig = NULL, *csig_end = NULL;
         if (have_canonical) {
-            const char *q = cp;
-            if (!TAKE(q, cend, "{"))
+            const char *c_end = memchr(cp, '\n', (size_t)(cend - cp));
+            if (c_end == NULL)
                 goto fallback;
-            if (TAKE(q, cend, "\"reading_id\":")) {
-                if ((q = skip_value(q, cend)) == NULL || !TAKE(q, cend, ","))
+            if (gid == NULL) {
+                const char *q = cp;
+                size_t tlen = (size_t)(ts_end - ts), vlen = (size_t)(vid_end - vid);
+                size_t ctail = 7 + tlen + 15 + vlen + 1;
+                if (!TAKE(q, c_end, "{\"signals\":") || (size_t)(c_end - q) < ctail + 2)
+                    goto fallback;
+                csig = q;
+                csig_end = c_end - ctail;
+                if (*csig != '{' || csig_end[-1] != '}' ||
+                    memcmp(csig_end, ",\"ts\":\"", 7) != 0 ||
+                    memcmp(csig_end + 7, ts, tlen) != 0 ||
+                    memcmp(csig_end + 7 + tlen, "\",\"vehicle_id\":", 15) != 0 ||
+                    memcmp(csig_end + 22 + tlen, vid, vlen) != 0 || c_end[-1] != '}')
                     goto fallback;
             }
-            if (!TAKE(q, cend, "\"signals\":") || q >= cend || *q != '{')
-                goto fallback;
-            csig = q;
-            if ((q = csig_end = skip_value(q, cend)) == NULL)
-                goto fallback;
-            /* JSON escapes newlines inside strings: the line ends at the next one. */
-            if ((q = memchr(q, '\n', (size_t)(cend - q))) == NULL)
-                goto fallback;
-            cp = q + 1;
+            cp = c_end + 1;
         }
 
         int64_t us;
@@ -515,21 +510,9 @@ prepare(PyObject *self, PyObject *args)
         int64_t t_ms = floor_div(us, 1000);
         int64_t hour = floor_div(t_ms, 3600000) * 3600;
 
-        /* The id: the given one, else the content hash. */
-        PyObject *given = PyObject_GetAttr(reading, rid_name);
-        if (given == NULL)
-            goto error;
         char hex[34];
-        if (given != Py_None) {
-            if (rid == NULL || !PyUnicode_Check(given)) {
-                Py_DECREF(given);
-                goto fallback;
-            }
-            PyList_SET_ITEM(ids, i, given);
-        }
-        else {
-            Py_DECREF(given);
-            if (rid != NULL || csig == NULL)
+        if (gid == NULL) {
+            if (csig == NULL)
                 goto fallback;
             sha_ctx c;
             unsigned char digest[32];

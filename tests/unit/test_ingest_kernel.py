@@ -136,6 +136,10 @@ def _kernel_handles(readings: list[Reading]) -> bool:
             return False
         if not 1000 <= r.ts.astimezone(UTC).year <= 9999:
             return False
+        # a given id that JSON would escape, or not ASCII (the contract's ids never are)
+        if r.reading_id is not None and not (r.reading_id.isascii() and all(
+                " " <= c < "\x7f" and c not in '"\\' for c in r.reading_id)):
+            return False
     return True
 
 
