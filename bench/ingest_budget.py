@@ -188,8 +188,8 @@ def in_process(root: Path, bodies: list[bytes], calls: int) -> dict[str, float]:
     if readings_module.kernel is None:
         out["prepare: reading ids"] = _cpu(lambda: derive_reading_ids(decoded[next(it) % n]),
                                            calls)
-    else:  # ids, event times, hours and lines in one pass, msgspec's two encodes included
-        out[KERNEL] = _cpu(lambda: ids_and_lines(decoded[next(it) % n], now, True), calls)
+    else:  # ids, event times, hours and lines in one pass, msgspec's encode included
+        out[KERNEL] = _cpu(lambda: ids_and_lines(decoded[next(it) % n], now), calls)
     accepted = [accept.execute(r, principal) for r in decoded]
     # partials and envelopes from the records `prepare` made, rebuilt here as it does
     records = [[msgspec.json.decode(line, type=_Rec) for line in

@@ -125,19 +125,23 @@ sha_final(sha_ctx *c, unsigned char out[32])
 /* ------------------------------------------------------------------ JSON pieces */
 
 /* End of the JSON string starting at p (p[0] == '"'), one past its closing quote; NULL when it
-   does not close before `end` or holds a raw newline. */
+   does not close before `end`. Callers bound `end` by the line's newline (JSON escapes
+   newlines inside strings). A quote closes the string when an even number of backslashes
+   precedes it. */
 static const char *
 skip_string(const char *p, const char *end)
 {
-    for (p++; p < end; p++) {
-        if (*p == '\\') {
-            if (++p >= end)
-                return NULL;
-        }
-        else if (*p == '"')
-            return p + 1;
-        else if (*p == '\n')
+    const char *start = ++p;
+    while (p < end) {
+        const char *q = memchr(p, '"', (size_t)(end - p));
+        if (q == NULL)
             return NULL;
+        const char *b = q;
+        while (b > start && b[-1] == '\\')
+            b--;
+        if ((q - b) % 2 == 0)
+            return q + 1;
+        p = q + 1;
     }
     return NULL;
 }
@@ -384,28 +388,105 @@ ts_offset_ok(PyObject *reading, PyObject *ts_name, PyObject **last_tz)
     return ok;
 }
 
+/* One member of a signals object as msgspec wrote it: the key's characters (between its
+   quotes) and the value's JSON. */
+typedef struct {
+    const char *k, *v;
+    size_t klen, vlen;
+} member_t;
+
+/* The members of the object spanning [p, end), msgspec's JSON of a reading's signals. 0 when it
+   is not an object of scalars, or a key holds an escape (its bytes would not sort as the
+   string does); *m grows as needed (PyMem). */
+static int
+split_members(const char *p, const char *end, member_t **m, Py_ssize_t *cap, Py_ssize_t *n)
+{
+    *n = 0;
+    if (end - p < 2 || *p != '{' || end[-1] != '}')
+        return 0;
+    p++, end--;
+    if (p == end)
+        return 1;
+    for (;;) {
+        if (p >= end || *p != '"')
+            return 0;
+        const char *k = p + 1, *ke = skip_string(p, end);
+        if (ke == NULL || memchr(k, '\\', (size_t)(ke - 1 - k)) != NULL)
+            return 0;
+        p = ke;
+        if (p >= end || *p != ':')
+            return 0;
+        const char *v = ++p;
+        if (p < end && *p == '"') {
+            if ((p = skip_string(p, end)) == NULL)
+                return 0;
+        }
+        else {
+            while (p < end && *p != ',') {
+                if (*p == '{' || *p == '[' || *p == '"' || *p == '}' || *p == ']')
+                    return 0;
+                p++;
+            }
+            if (p == v)
+                return 0;
+        }
+        if (*n == *cap) {
+            Py_ssize_t c = *cap ? *cap * 2 : 32;
+            member_t *grown = PyMem_Realloc(*m, (size_t)c * sizeof(member_t));
+            if (grown == NULL)
+                return -1;
+            *m = grown, *cap = c;
+        }
+        (*m)[*n] = (member_t){k, v, (size_t)(ke - 1 - k), (size_t)(p - v)};
+        ++*n;
+        if (p == end)
+            return 1;
+        if (*p != ',')
+            return 0;
+        p++;
+    }
+}
+
+/* Python's order of str keys: their UTF-8 bytes' order. */
+static int
+member_cmp(const void *a, const void *b)
+{
+    const member_t *x = a, *y = b;
+    int c = memcmp(x->k, y->k, x->klen < y->klen ? x->klen : y->klen);
+    return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
+}
+
+static void
+sort_members(member_t *m, Py_ssize_t n)
+{
+    if (n > 16) {
+        qsort(m, (size_t)n, sizeof *m, member_cmp);
+        return;
+    }
+    for (Py_ssize_t i = 1; i < n; i++) {
+        member_t x = m[i];
+        Py_ssize_t j = i;
+        for (; j > 0 && member_cmp(&m[j - 1], &x) > 0; j--)
+            m[j] = m[j - 1];
+        m[j] = x;
+    }
+}
+
 static PyObject *
 prepare(PyObject *self, PyObject *args)
 {
-    PyObject *readings, *canonical_obj;
+    PyObject *readings;
     Py_buffer plain = {0}, received = {0};
-    if (!PyArg_ParseTuple(args, "O!Oy*y*:prepare", &PyList_Type, &readings, &canonical_obj,
-                          &plain, &received))
+    if (!PyArg_ParseTuple(args, "O!y*y*:prepare", &PyList_Type, &readings, &plain, &received))
         return NULL;
-    Py_buffer canonical = {0};
-    int have_canonical = canonical_obj != Py_None;
-    if (have_canonical && PyObject_GetBuffer(canonical_obj, &canonical, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&plain);
-        PyBuffer_Release(&received);
-        return NULL;
-    }
+    member_t *members = NULL;
+    Py_ssize_t members_cap = 0, nm;
+    group_t scratch = {0}; /* the reading-id payload */
     PyObject *result = NULL, *ids = NULL, *ts_name = NULL, *rid_name = NULL;
     PyObject *last_tz = NULL;
     groups_t gs = {0};
     Py_ssize_t n = PyList_GET_SIZE(readings);
     const char *pp = plain.buf, *pend = pp + plain.len;
-    const char *cp = have_canonical ? canonical.buf : NULL;
-    const char *cend = have_canonical ? cp + canonical.len : NULL;
     const char *recv = received.buf;
     size_t recv_len = (size_t)received.len;
 
@@ -477,31 +558,6 @@ prepare(PyObject *self, PyObject *args)
         }
         pp = line_end + 1;
 
-        /* The sorted line: {["reading_id":R,]"signals":S,"ts":"T","vehicle_id":V}\n; its S
-           (sorted keys) only for a derived id. */
-        const char *csig = NULL, *csig_end = NULL;
-        if (have_canonical) {
-            const char *c_end = memchr(cp, '\n', (size_t)(cend - cp));
-            if (c_end == NULL)
-                goto fallback;
-            if (gid == NULL) {
-                const char *q = cp;
-                size_t tlen = (size_t)(ts_end - ts), vlen = (size_t)(vid_end - vid);
-                size_t ctail = 7 + tlen + 15 + vlen + 1;
-                if (!TAKE(q, c_end, "{\"signals\":") || (size_t)(c_end - q) < ctail + 2)
-                    goto fallback;
-                csig = q;
-                csig_end = c_end - ctail;
-                if (*csig != '{' || csig_end[-1] != '}' ||
-                    memcmp(csig_end, ",\"ts\":\"", 7) != 0 ||
-                    memcmp(csig_end + 7, ts, tlen) != 0 ||
-                    memcmp(csig_end + 7 + tlen, "\",\"vehicle_id\":", 15) != 0 ||
-                    memcmp(csig_end + 22 + tlen, vid, vlen) != 0 || c_end[-1] != '}')
-                    goto fallback;
-            }
-            cp = c_end + 1;
-        }
-
         int64_t us;
         char when[28];
         size_t lake_len;
@@ -512,18 +568,33 @@ prepare(PyObject *self, PyObject *args)
 
         char hex[34];
         if (gid == NULL) {
-            if (csig == NULL)
+            /* The canonical JSON: [vehicle_id, ts with six digits, signals by sorted key] */
+            int split = split_members(sig, sig_end, &members, &members_cap, &nm);
+            if (split < 0) {
+                PyErr_NoMemory();
+                goto error;
+            }
+            if (split == 0)
                 goto fallback;
+            sort_members(members, nm);
+            scratch.len = 0;
+            int ok = append(&scratch, ID_PREFIX "[", sizeof(ID_PREFIX "[") - 1) &&
+                     append(&scratch, vid, (size_t)(vid_end - vid)) &&
+                     append(&scratch, ",\"", 2) && append(&scratch, when, 27) &&
+                     append(&scratch, "\",{", 3);
+            for (Py_ssize_t k = 0; ok && k < nm; k++)
+                ok = append(&scratch, &",\""[k == 0], k == 0 ? 1 : 2) &&
+                     append(&scratch, members[k].k, members[k].klen) &&
+                     append(&scratch, "\":", 2) &&
+                     append(&scratch, members[k].v, members[k].vlen);
+            if (!ok || !append(&scratch, "}]", 2)) {
+                PyErr_NoMemory();
+                goto error;
+            }
             sha_ctx c;
             unsigned char digest[32];
             sha_init(&c);
-            sha_update(&c, ID_PREFIX "[", sizeof(ID_PREFIX "[") - 1);
-            sha_update(&c, vid, (size_t)(vid_end - vid));
-            sha_update(&c, ",\"", 2);
-            sha_update(&c, when, 27);
-            sha_update(&c, "\",", 2);
-            sha_update(&c, csig, (size_t)(csig_end - csig));
-            sha_update(&c, "]", 1);
+            sha_update(&c, scratch.buf, scratch.len);
             sha_final(&c, digest);
             hex[0] = hex[33] = '"';
             for (int b = 0; b < 16; b++) {
@@ -555,7 +626,7 @@ prepare(PyObject *self, PyObject *args)
         if (!append_int(g->ts, t_ms) || !append_int(g->indices, i))
             goto error;
     }
-    if (pp != pend || (have_canonical && cp != cend))
+    if (pp != pend)
         goto fallback;
 
     PyObject *by_hour = PyDict_New();
@@ -592,8 +663,8 @@ done:
     groups_free(&gs);
     PyBuffer_Release(&plain);
     PyBuffer_Release(&received);
-    if (have_canonical)
-        PyBuffer_Release(&canonical);
+    PyMem_Free(members);
+    PyMem_Free(scratch.buf);
     return result;
 }
 
@@ -626,7 +697,7 @@ probe(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"probe", probe, METH_NOARGS, "1"},
     {"prepare", prepare, METH_VARARGS,
-     "prepare(readings, canonical_lines, record_lines, received_at_json) -> "
+     "prepare(readings, record_lines, received_at_json) -> "
      "(ids, {hour: (lines, ts_ms, indices)}) | None"},
     {"sha256_hex", sha256_hex, METH_O, "The SHA-256 of a buffer in hex, by this module's SHA-256."},
     {NULL, NULL, 0, NULL},

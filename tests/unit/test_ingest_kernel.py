@@ -140,6 +140,9 @@ def _kernel_handles(readings: list[Reading]) -> bool:
         if r.reading_id is not None and not (r.reading_id.isascii() and all(
                 " " <= c < "\x7f" and c not in '"\\' for c in r.reading_id)):
             return False
+        # a derived id of a signal name JSON would escape: the kernel sorts names by their bytes
+        if r.reading_id is None and any(c < " " or c in '"\\' for n in r.signals for c in n):
+            return False
     return True
 
 
@@ -150,8 +153,7 @@ def test_the_kernel_gives_the_python_paths_ids_and_lines(
 ) -> None:
     _kernel()
     received_at = NOW.astimezone(timezone(timedelta(minutes=received_offset)))
-    derive = any(r.reading_id is None for r in readings)
-    out = ids_and_lines(readings, received_at, derive)
+    out = ids_and_lines(readings, received_at)
     if not _kernel_handles(readings):
         assert out is None
         return
@@ -202,14 +204,14 @@ def test_the_forced_python_path_does_not_call_the_kernel(
 ) -> None:
     monkeypatch.setattr(readings_module, "kernel", None)
     r = Reading("car-1", NOW, {"a": 1})
-    assert ids_and_lines([r], NOW, True) is None
+    assert ids_and_lines([r], NOW) is None
     assert _accept([r]) == _accept([r])
 
 
 def test_a_typical_request_goes_through_the_kernel(core: ModuleType) -> None:
     rs = [Reading(f"car-{i % 7}", NOW - timedelta(seconds=i), {"Vehicle.Speed": i / 3})
           for i in range(100)]
-    out = ids_and_lines(rs, NOW, True)
+    out = ids_and_lines(rs, NOW)
     assert out is not None
     assert out[0] == derive_reading_ids(rs)
 
@@ -224,15 +226,13 @@ def test_sha256_is_hashlibs(core: ModuleType, n: int) -> None:
 # ------------------------------------------------------------------ bad input
 
 
-def _encodings(readings: list[Reading]) -> tuple[bytes, bytes, bytes]:
-    return (msgspec.json.Encoder(order="sorted").encode_lines(readings),
-            msgspec.json.Encoder().encode_lines(readings), msgspec.json.encode(NOW))
+def _encodings(readings: list[Reading]) -> tuple[bytes, bytes]:
+    return msgspec.json.Encoder().encode_lines(readings), msgspec.json.encode(NOW)
 
 
-def _prepare(core: ModuleType, readings: list[Any], canonical: Any, plain: Any,
-             received: Any) -> None:
+def _prepare(core: ModuleType, readings: list[Any], plain: Any, received: Any) -> None:
     try:
-        out = core.prepare(readings, canonical, plain, received)
+        out = core.prepare(readings, plain, received)
     except (TypeError, AttributeError, ValueError, OverflowError):
         return
     assert out is None or (isinstance(out, tuple) and len(out[0]) == len(readings))
@@ -244,7 +244,7 @@ def test_mangled_encodings_never_crash_the_kernel(readings: list[Reading],
                                                   data: st.DataObject) -> None:
     core = _kernel()
     parts = list(_encodings(readings))
-    which = data.draw(st.integers(0, 2))
+    which = data.draw(st.integers(0, 1))
     b = bytearray(parts[which])
     for _ in range(data.draw(st.integers(1, 4))):
         action = data.draw(st.sampled_from(["cut", "flip", "insert", "drop"]))
@@ -262,20 +262,28 @@ def test_mangled_encodings_never_crash_the_kernel(readings: list[Reading],
 
 
 @settings(max_examples=300, deadline=None)
-@given(canonical=st.none() | st.binary(max_size=300), plain=st.binary(max_size=300),
-       received=st.binary(max_size=40), n=st.integers(0, 3))
-def test_arbitrary_bytes_never_crash_the_kernel(canonical: bytes | None, plain: bytes,
-                                                received: bytes, n: int) -> None:
+@given(plain=st.binary(max_size=300), received=st.binary(max_size=40), n=st.integers(0, 3))
+def test_arbitrary_bytes_never_crash_the_kernel(plain: bytes, received: bytes, n: int) -> None:
     core = _kernel()
     readings = [Reading("v", NOW, {"a": 1}, None if i % 2 else "r") for i in range(n)]
-    _prepare(core, readings, canonical, plain, received)
+    _prepare(core, readings, plain, received)
+
+
+@pytest.mark.parametrize("value", [{"x": 1}, [1, "}"], {"a": {"b": [{}]}}, None])
+def test_values_no_reading_holds_go_the_python_way_or_the_same(value: Any) -> None:
+    # A Reading built in process is not validated: nested values must not confuse the kernel.
+    _kernel()
+    for rid in (None, "given"):
+        rs = [Reading("v", NOW, {"b": value, "a": 1}, rid)]
+        out = ids_and_lines(rs, NOW)
+        assert out is None or out == _python_ids_and_lines(rs, NOW)
 
 
 def test_arguments_of_the_wrong_kind_are_errors(core: ModuleType) -> None:
-    _, plain, received = _encodings([Reading("v", NOW, {"a": 1})])
+    plain, received = _encodings([Reading("v", NOW, {"a": 1})])
     with pytest.raises(TypeError):
-        core.prepare((Reading("v", NOW, {"a": 1}),), None, plain, received)
+        core.prepare((Reading("v", NOW, {"a": 1}),), plain, received)
     with pytest.raises(TypeError):
-        core.prepare([Reading("v", NOW, {"a": 1})], 3, plain, received)
+        core.prepare([Reading("v", NOW, {"a": 1})], "text", received)
     with pytest.raises(AttributeError):
-        core.prepare([object()], None, plain, received)
+        core.prepare([object()], plain, received)

@@ -57,7 +57,7 @@ class AcceptReadings:
                 raise Forbidden(denied)
         given = [r.reading_id for r in readings]
         all_derived = given.count(None) == len(given)
-        native = ids_and_lines(readings, now, None in given)
+        native = ids_and_lines(readings, now)
         if native is None:
             ids, joined = self._python_path(readings, given, now, all_derived)
         else:

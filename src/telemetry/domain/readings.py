@@ -240,7 +240,7 @@ def derive_reading_ids(readings: Iterable[Reading]) -> list[str]:
 
 # The compiled pass over a request's readings (`_ingestcore.c`); None where the package was
 # built without a C compiler. A module attribute, so tests can force the Python path.
-kernel: Callable[[list[Reading], bytes | None, bytes, bytes], KernelOutput | None] | None
+kernel: Callable[[list[Reading], bytes, bytes], KernelOutput | None] | None
 try:
     from telemetry._ingestcore import prepare as kernel
 except ImportError:
@@ -251,18 +251,15 @@ HourLines = dict[int, tuple[bytes, list[int], list[int]]]
 KernelOutput = tuple[list[str], HourLines]
 
 
-def ids_and_lines(
-    readings: Sequence[Reading], received_at: datetime, derive: bool
-) -> KernelOutput | None:
+def ids_and_lines(readings: Sequence[Reading], received_at: datetime) -> KernelOutput | None:
     """The reading ids and each hour's lake lines of a request, by the compiled kernel: the
     same ids and bytes as `derive_reading_ids` and `encode_records` of the records grouped by
-    hour, from two encoder calls and one C pass (one, unless `derive`: some reading has no id).
+    hour, from one encoder call and one C pass (which sorts each reading's signals for its id).
     None without the kernel, or when it declines (a reading msgspec spells in a way it does not
     know, an offset finer than minutes): the caller takes the Python path."""
     if kernel is None or type(readings) is not list:
         return None
-    canonical = _canonical_encoder.encode_lines(readings) if derive else None
-    return kernel(readings, canonical, _record_encoder.encode_lines(readings),
+    return kernel(readings, _record_encoder.encode_lines(readings),
                   _record_encoder.encode(received_at))
 
 
