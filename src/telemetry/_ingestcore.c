@@ -327,7 +327,7 @@ static int
 append(group_t *g, const void *p, size_t n)
 {
     if (g->len + n > g->cap) {
-        size_t cap = g->cap ? g->cap : 4096;
+        size_t cap = g->cap ? g->cap * 2 : 4096;
         while (cap < g->len + n)
             cap *= 2;
         char *b = PyMem_Realloc(g->buf, cap);
@@ -614,6 +614,16 @@ prepare(PyObject *self, PyObject *args)
         group_t *g = group_for(&gs, hour);
         if (g == NULL)
             goto error;
+        if (g->cap == 0) {
+            /* Room for the request's lines: no copies as they grow, in the usual request of
+               one hour. */
+            size_t room = gs.n == 1 ? (size_t)plain.len + (size_t)n * (recv_len + 64) : 4096;
+            if ((g->buf = PyMem_Malloc(room)) == NULL) {
+                PyErr_NoMemory();
+                goto error;
+            }
+            g->cap = room;
+        }
         if (!append(g, "{\"reading_id\":", 14) || !append(g, rid, (size_t)(rid_end - rid)) ||
             !append(g, ",\"vehicle_id\":", 14) || !append(g, vid, (size_t)(vid_end - vid)) ||
             !append(g, ",\"ts\":\"", 7) || !append(g, when, lake_len - 1) ||
