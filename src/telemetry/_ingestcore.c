@@ -379,7 +379,9 @@ ts_offset_ok(PyObject *reading, PyObject *ts_name, PyObject **last_tz)
             if (PyDelta_Check(off) && PyDateTime_DELTA_GET_SECONDS(off) % 60 == 0 &&
                 PyDateTime_DELTA_GET_MICROSECONDS(off) == 0) {
                 ok = 1;
-                *last_tz = tz; /* borrowed: the readings hold it for the call */
+                Py_INCREF(tz);
+                Py_XDECREF(*last_tz);
+                *last_tz = tz;
             }
             Py_DECREF(off);
         }
@@ -485,7 +487,14 @@ prepare(PyObject *self, PyObject *args)
     PyObject *result = NULL, *ids = NULL, *ts_name = NULL, *rid_name = NULL;
     PyObject *last_tz = NULL;
     groups_t gs = {0};
-    Py_ssize_t n = PyList_GET_SIZE(readings);
+    /* A copy of the list: a `ts` property of a subclass could change the caller's list. */
+    PyObject *own = PyList_GetSlice(readings, 0, PyList_GET_SIZE(readings));
+    if (own == NULL) {
+        PyBuffer_Release(&plain);
+        PyBuffer_Release(&received);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(own);
     const char *pp = plain.buf, *pend = pp + plain.len;
     const char *recv = received.buf;
     size_t recv_len = (size_t)received.len;
@@ -497,7 +506,7 @@ prepare(PyObject *self, PyObject *args)
         goto error;
 
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *reading = PyList_GET_ITEM(readings, i);
+        PyObject *reading = PyList_GET_ITEM(own, i);
         int ok = ts_offset_ok(reading, ts_name, &last_tz);
         if (ok < 0)
             goto error;
@@ -668,6 +677,8 @@ error:
 done:
     /* ids may hold NULL slots after a fallback; list dealloc skips them. */
     Py_XDECREF(ids);
+    Py_XDECREF(last_tz);
+    Py_DECREF(own);
     Py_XDECREF(ts_name);
     Py_XDECREF(rid_name);
     groups_free(&gs);
