@@ -2,8 +2,9 @@
 
    The input is msgspec's JSON of the request's readings (`encode_lines`, one line a reading),
    so every value keeps msgspec's exact spelling; this module only cuts those lines apart and
-   splices the pieces into the lake line and the reading-id payload. Anything it does not
-   recognise (an unexpected shape, a timestamp it cannot read, an offset finer than a minute)
+   splices the pieces into the lake line and into the reading-id payload (whose signals it
+   sorts by name, as the canonical encoder does). Anything it does not recognise (an unexpected
+   shape, a timestamp it cannot read, an offset finer than a minute, a name or id JSON escapes)
    makes `prepare` return None, and the caller takes the pure-Python path: the output is then
    the same by construction, only slower.
 

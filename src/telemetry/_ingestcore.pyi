@@ -1,6 +1,8 @@
+from typing import Literal
+
 from telemetry.domain.readings import KernelOutput, Reading
 
-SHA256_BACKEND: str  # "openssl" or "portable"
+SHA256_BACKEND: Literal["openssl", "portable"]
 
 def probe() -> int: ...
 def prepare(
