@@ -462,6 +462,66 @@ def test_a_send_that_times_out_before_a_thread_takes_it_never_runs() -> None:
         sender.stop()
 
 
+class _PausingJobs:
+    """The sender's job queue (a stdlib SimpleQueue), pausing a thread that has taken a job
+    before it reads it, so a test can act on the request in between."""
+
+    def __init__(self, jobs: Any) -> None:
+        self._jobs = jobs
+        self.taken, self.go_on = threading.Event(), threading.Event()
+        self.put, self.get_nowait = jobs.put, jobs.get_nowait
+
+    def get(self) -> Any:
+        job = self._jobs.get()
+        if job is not None:
+            self.taken.set()
+            self.go_on.wait(5)
+        return job
+
+
+@pytest.mark.parametrize("when", ["taken, not yet read", "read, inside the send"])
+def test_a_request_that_goes_away_while_a_thread_takes_its_job(when: str) -> None:
+    """The race between a request emptying its job (it was cancelled: the client went away)
+    and a thread taking that job. Emptied before the thread reads it: never sent. Emptied
+    after: the thread sends the messages it read and its answer goes nowhere. Either way the
+    thread lives on and the next request is sent."""
+    in_send, release, sent = threading.Event(), threading.Event(), []
+
+    def send(messages: list[bytes]) -> None:
+        in_send.set()
+        release.wait(5)
+        sent.append(list(messages))
+
+    sender = Sender(send, threads=1)
+    jobs = sender._jobs = _PausingJobs(sender._jobs)  # type: ignore[assignment]
+    if when == "read, inside the send":
+        jobs.go_on.set()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        gone = asyncio.ensure_future(sender.send([b"gone"], 5))
+        await loop.run_in_executor(None, jobs.taken.wait, 5)
+        if when == "read, inside the send":
+            await loop.run_in_executor(None, in_send.wait, 5)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        jobs.go_on.set()
+        release.set()
+        await asyncio.wait_for(sender.send([b"next"], 5), 5)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        jobs.go_on.set()
+        release.set()
+        sender.stop()
+    if when == "taken, not yet read":
+        assert sent == [[b"next"]]
+    else:
+        assert sent == [[b"gone"], [b"next"]]
+
+
 def test_concurrent_sends_do_not_wait_for_each_other() -> None:
     """Requests sending at once are sent together (one `queue.send` of all their messages) or
     side by side, never one after the other; each message once."""

@@ -75,10 +75,11 @@ def _ingest_metrics() -> Any:
     return IngestMetrics()
 
 
-def _sender(queue: Any) -> Any:
-    from telemetry.entrypoints.http.sender import SEND_THREADS, Sender
+def _sender(queue: Any, kind: str) -> Any:
+    from telemetry.entrypoints.http.sender import SEND_THREADS, SEND_THREADS_ONE_WRITER, Sender
 
-    return Sender(queue.send, SEND_THREADS)
+    # SQS sends wait on the network side by side; SQLite and memory sends take turns.
+    return Sender(queue.send, SEND_THREADS if kind == "sqs" else SEND_THREADS_ONE_WRITER)
 
 
 def _worker_observers(settings: Settings, drain: Any) -> Any:
@@ -186,7 +187,8 @@ class Container(containers.DeclarativeContainer):
 
     # `serve`: one of each per server process, shared by its public and operations apps
     ingest_metrics = providers.Singleton(_ingest_metrics)
-    sender = providers.Singleton(_sender, queue)  # the threads that run the queue's sends
+    # the threads that run the queue's sends
+    sender = providers.Singleton(_sender, queue, settings.provided.queue)
 
     # `worker`: the drain loop, what it stops on (the signal handlers set it), and what
     # watches it (metrics, with their listener when TELEMETRY_WORKER_METRICS_PORT is on; the

@@ -9,11 +9,16 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any
 
-# Threads for queue sends: as many sends may be inside the queue adapter at once (the SQLite
-# queue commits concurrent sends as one group; SQS sends wait on the network). A send waiting
-# for a free thread counts against the enqueue timeout like one waiting for the queue, so a
-# hung queue still answers 503 in time.
+# Threads for queue sends: as many sends may be inside the queue adapter at once (SQS sends
+# wait on the network side by side). A send waiting for a free thread counts against the
+# enqueue timeout like one waiting for the queue, so a hung queue still answers 503 in time.
 SEND_THREADS = 64
+
+# For a queue that writes one send at a time (SQLite: one writer; the memory queue: one lock),
+# more threads only wait inside it: two are one sending and one gathering every job that
+# arrives meanwhile into the next send. A thread more takes a job of its own, a wake-up and a
+# send that only waits its turn (figures in docs/benchmarks.md).
+SEND_THREADS_ONE_WRITER = 2
 
 # A list, not a tuple: a request that stops waiting empties its job, so the bodies of sends
 # abandoned while the queue hangs are not held until a thread comes to skip them.
