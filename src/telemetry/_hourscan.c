@@ -1,5 +1,1118 @@
+/* An hour's raw lake files aggregated in one pass of C: the per-vehicle statistics that
+ * `aggregate_lean` computes (non-mergeable, see SignalStats.final), for the lines the worker
+ * writes. Anything outside what this scanner settles for sure makes it answer None, and the
+ * Python paths, which own every rule, take the hour over unchanged.
+ *
+ * Accepted: lines `{"reading_id":s,"vehicle_id":s,"ts":t,"received_at":t,"signals":{...}}`,
+ * keys in any order, no whitespace, empty lines between them; ids and signal names of printable
+ * ASCII without escapes; signal values ints within +-2**53, floats below 1e300 in magnitude,
+ * true/false and strings (skipped: not numeric statistics); timestamps
+ * `YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`. Duplicates by (vehicle_id, reading_id): the copy received
+ * first wins; copies received at that same instant count once when their bytes are equal, else
+ * None (Python settles those by their encodings).
+ */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------ small growable arrays */
+
+typedef struct {
+    void *data;
+    size_t len, cap, item;
+} Vec;
+
+static void
+vec_init(Vec *v, size_t item)
+{
+    v->data = NULL;
+    v->len = v->cap = 0;
+    v->item = item;
+}
+
+static void *
+vec_push(Vec *v)
+{
+    if (v->len == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 256;
+        void *d = PyMem_Realloc(v->data, cap * v->item);
+        if (d == NULL) {
+            return NULL;
+        }
+        v->data = d;
+        v->cap = cap;
+    }
+    return (char *)v->data + v->item * v->len++;
+}
+
+#define VEC_AT(v, type, i) (((type *)(v).data)[i])
+
+/* ------------------------------------------------------------------ hashing */
+
+static inline uint64_t
+mix(uint64_t h)
+{
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+static uint64_t
+hash_bytes(const char *p, size_t n, uint64_t seed)
+{
+    uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15ULL);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+        p += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, p, n);
+        h = (h ^ w) * 0x100000001b3ULL;
+    }
+    return mix(h);
+}
+
+/* A string of the input (a pointer into a blob) with its hash. */
+typedef struct {
+    const char *p;
+    uint32_t n;
+    uint64_t h;
+} Key;
+
+/* Open addressing: slots hold an index + 1 into `keys` (0: empty). */
+typedef struct {
+    uint32_t *slots;
+    size_t mask;
+    Vec keys;   /* Key */
+} Intern;
+
+static int
+intern_init(Intern *t)
+{
+    t->mask = 1023;
+    t->slots = PyMem_Calloc(t->mask + 1, sizeof(uint32_t));
+    vec_init(&t->keys, sizeof(Key));
+    return t->slots ? 0 : -1;
+}
+
+static void
+intern_free(Intern *t)
+{
+    PyMem_Free(t->slots);
+    PyMem_Free(t->keys.data);
+}
+
+static int
+intern_grow(Intern *t)
+{
+    size_t mask = t->mask * 2 + 1;
+    uint32_t *slots = PyMem_Calloc(mask + 1, sizeof(uint32_t));
+    if (slots == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < t->keys.len; i++) {
+        size_t s = VEC_AT(t->keys, Key, i).h & mask;
+        while (slots[s]) {
+            s = (s + 1) & mask;
+        }
+        slots[s] = (uint32_t)(i + 1);
+    }
+    PyMem_Free(t->slots);
+    t->slots = slots;
+    t->mask = mask;
+    return 0;
+}
+
+/* The index of the string, added when new; -1 on memory failure. */
+static Py_ssize_t
+intern(Intern *t, const char *p, uint32_t n)
+{
+    uint64_t h = hash_bytes(p, n, 0x51ed270b27cULL);
+    size_t s = h & t->mask;
+    for (;;) {
+        uint32_t e = t->slots[s];
+        if (e == 0) {
+            break;
+        }
+        Key *k = &VEC_AT(t->keys, Key, e - 1);
+        if (k->h == h && k->n == n && memcmp(k->p, p, n) == 0) {
+            return e - 1;
+        }
+        s = (s + 1) & t->mask;
+    }
+    if (t->keys.len >= UINT32_MAX - 1) {
+        return -1;
+    }
+    Key *k = vec_push(&t->keys);
+    if (k == NULL) {
+        return -1;
+    }
+    k->p = p;
+    k->n = n;
+    k->h = h;
+    t->slots[s] = (uint32_t)t->keys.len;
+    if (t->keys.len * 2 > t->mask && intern_grow(t) < 0) {
+        return -1;
+    }
+    return (Py_ssize_t)t->keys.len - 1;
+}
+
+/* ------------------------------------------------------------------ the parsed lines */
+
+typedef struct {
+    const char *line;   /* the line's bytes, for ties */
+    const char *rid;
+    size_t line_len;
+    int64_t ts, received;
+    size_t vals;        /* first value in the value array */
+    uint32_t nvals;
+    uint32_t rid_len;
+    uint32_t vehicle;
+    uint8_t keep;
+} Line;
+
+typedef struct {
+    uint32_t name;
+    uint32_t is_float;
+    double v;           /* ints too: within +-2**53 they are exact doubles */
+} Val;
+
+/* Identity (vehicle, reading_id) -> the line that counts for it. */
+typedef struct {
+    uint32_t *slots;    /* line index + 1 */
+    uint64_t *hashes;
+    uint8_t *tied;      /* copies received at the winner's instant with other bytes */
+    size_t mask, used;
+} Ids;
+
+/* ------------------------------------------------------------------ scanning */
+
+typedef struct {
+    const char *end;
+    Intern vehicles, names;
+    Vec lines;          /* Line */
+    Vec vals;           /* Val */
+    Vec hint;           /* uint32: name index seen last at each position of `signals` */
+    Vec stamp;          /* uint32 per name: the last line that had it */
+    uint32_t line_no;
+} Scan;
+
+#define FAIL NULL
+
+/* A string of printable ASCII without escapes; p is after the opening quote. */
+static inline const char *
+plain_string(const char *p, const char *end, uint32_t *len)
+{
+    const char *s = p;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            if (p - s > 1000000) {
+                return FAIL;
+            }
+            *len = (uint32_t)(p - s);
+            return p + 1;
+        }
+        if (c < 0x20 || c >= 0x7f || c == '\\') {
+            return FAIL;
+        }
+        p++;
+    }
+    return FAIL;
+}
+
+static inline int
+is_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* A string value, skipped: escapes allowed (not \u of a surrogate), ASCII only. */
+static const char *
+skip_string(const char *p, const char *end)
+{
+    while (p < end) {
+        unsigned char c = (unsigned char)*p++;
+        if (c == '"') {
+            return p;
+        }
+        if (c < 0x20 || c >= 0x7f) {
+            return FAIL;
+        }
+        if (c == '\\') {
+            if (p >= end) {
+                return FAIL;
+            }
+            c = (unsigned char)*p++;
+            if (c == 'u') {
+                if (end - p < 4 || !is_hex(p[0]) || !is_hex(p[1]) || !is_hex(p[2])
+                    || !is_hex(p[3])) {
+                    return FAIL;
+                }
+                unsigned char c0 = (unsigned char)p[0] | 0x20, c1 = (unsigned char)p[1] | 0x20;
+                if (c0 == 'd' && (c1 == '8' || c1 == '9' || c1 == 'a' || c1 == 'b' || c1 == 'c'
+                                  || c1 == 'd' || c1 == 'e' || c1 == 'f')) {
+                    return FAIL;
+                }
+                p += 4;
+            }
+            else if (!(c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n'
+                       || c == 'r' || c == 't')) {
+                return FAIL;
+            }
+        }
+    }
+    return FAIL;
+}
+
+static inline int
+digit_at(const char *p, const char *end)
+{
+    return p < end && *p >= '0' && *p <= '9';
+}
+
+static const double POW10[] = {
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+};
+
+/* A JSON number: an int (no '.', 'e' or 'E') or a float, as msgspec reads it. */
+static const char *
+number(const char *p, const char *end, Val *out)
+{
+    const char *start = p;
+    int neg = 0;
+    if (*p == '-') {
+        neg = 1;
+        p++;
+    }
+    uint64_t m = 0;
+    int sig = 0;         /* significant digits in m (leading zeros left out) */
+    int dropped = 0;     /* digits that did not fit in m */
+    int frac = 0;        /* digits after the point kept in m */
+    if (!digit_at(p, end)) {
+        return FAIL;
+    }
+    if (*p == '0') {
+        p++;
+    }
+    else {
+        while (digit_at(p, end)) {
+            if (sig < 19) {
+                m = m * 10 + (uint64_t)(*p - '0');
+                sig++;
+            }
+            else {
+                dropped++;
+            }
+            p++;
+        }
+    }
+    int is_float = 0;
+    if (p < end && *p == '.') {
+        is_float = 1;
+        p++;
+        if (!digit_at(p, end)) {
+            return FAIL;
+        }
+        while (digit_at(p, end)) {
+            if (sig < 19) {
+                if (m || *p != '0') {
+                    sig++;
+                }
+                m = m * 10 + (uint64_t)(*p - '0');
+                frac++;
+            }
+            else {
+                dropped++;  /* digits beyond 19 after the point: the slow path */
+            }
+            p++;
+        }
+    }
+    long exp = 0;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        is_float = 1;
+        p++;
+        int eneg = 0;
+        if (p < end && (*p == '+' || *p == '-')) {
+            eneg = *p == '-';
+            p++;
+        }
+        if (!digit_at(p, end)) {
+            return FAIL;
+        }
+        while (digit_at(p, end)) {
+            if (exp < 100000) {
+                exp = exp * 10 + (*p - '0');
+            }
+            p++;
+        }
+        if (eneg) {
+            exp = -exp;
+        }
+    }
+    if (!is_float) {
+        if (dropped || m > (uint64_t)1 << 53) {
+            return FAIL;  /* beyond +-2**53: not an exact double, Python's to settle */
+        }
+        out->is_float = 0;
+        out->v = neg ? -(double)m : (double)m;  /* -0 is the int 0 */
+        if (out->v == 0.0) {
+            out->v = 0.0;
+        }
+        return p;
+    }
+    double d;
+    long e10 = exp - frac;
+#if FLT_EVAL_METHOD == 0
+    /* Clinger's fast path: an exact significand and an exact power of ten make one correctly
+     * rounded IEEE operation. */
+    if (!dropped && m <= (uint64_t)1 << 53 && e10 >= -22 && e10 <= 22) {
+        d = (double)m;
+        d = e10 < 0 ? d / POW10[-e10] : d * POW10[e10];
+        if (neg) {
+            d = -d;
+        }
+    }
+    else
+#endif
+    {
+        char buf[128];
+        size_t n = (size_t)(p - start);
+        if (n >= sizeof buf) {
+            return FAIL;
+        }
+        memcpy(buf, start, n);
+        buf[n] = '\0';
+        char *stop;
+        d = PyOS_string_to_double(buf, &stop, NULL);  /* correctly rounded, locale-free */
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return FAIL;
+        }
+        if (stop != buf + n) {
+            return FAIL;
+        }
+    }
+    if (!(fabs(d) < 1e300)) {
+        return FAIL;  /* sums could leave the float range (SignalStats' _SAFE): Python's */
+    }
+    out->is_float = 1;
+    out->v = d;
+    return p;
+}
+
+static inline int
+two(const char *p)
+{
+    if (p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9') {
+        return -1;
+    }
+    return (p[0] - '0') * 10 + (p[1] - '0');
+}
+
+/* `YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z"` as microseconds since the epoch; p after the quote. */
+static const char *
+timestamp(const char *p, const char *end, int64_t *us)
+{
+    if (end - p < 21 || p[4] != '-' || p[7] != '-' || p[10] != 'T' || p[13] != ':'
+        || p[16] != ':') {
+        return FAIL;
+    }
+    int yh = two(p), yl = two(p + 2), mo = two(p + 5), d = two(p + 8), h = two(p + 11),
+        mi = two(p + 14), s = two(p + 17);
+    if (yh < 0 || yl < 0 || mo < 1 || mo > 12 || d < 1 || h < 0 || h > 23 || mi < 0 || mi > 59
+        || s < 0 || s > 59) {
+        return FAIL;
+    }
+    int64_t y = yh * 100 + yl;
+    static const int mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (y < 1 || d > mdays[mo - 1] + (mo == 2 && leap)) {
+        return FAIL;
+    }
+    p += 19;
+    int64_t frac = 0;
+    if (*p == '.') {
+        p++;
+        int n = 0;
+        while (p < end && *p >= '0' && *p <= '9') {
+            if (++n > 6) {
+                return FAIL;
+            }
+            frac = frac * 10 + (*p - '0');
+            p++;
+        }
+        if (n == 0) {
+            return FAIL;
+        }
+        while (n++ < 6) {
+            frac *= 10;
+        }
+    }
+    if (end - p < 2 || p[0] != 'Z' || p[1] != '"') {
+        return FAIL;
+    }
+    /* days from civil (proleptic Gregorian) */
+    int64_t yy = y - (mo <= 2);
+    int64_t era = (yy >= 0 ? yy : yy - 399) / 400;
+    int64_t yoe = yy - era * 400;
+    int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    int64_t days = era * 146097 + doe - 719468;
+    *us = ((days * 24 + h) * 60 + mi) * 60 * 1000000 + (int64_t)s * 1000000 + frac;
+    return p + 2;
+}
+
+enum { F_RID = 1, F_VID = 2, F_TS = 4, F_RECV = 8, F_SIG = 16, F_ALL = 31 };
+
+/* The signals object; p after its '{'. 0 on success, 1 outside what the scanner takes,
+ * -1 on memory failure. */
+static int
+signals(Scan *sc, const char **pp, Line *ln)
+{
+    const char *p = *pp, *end = sc->end;
+    uint32_t pos = 0;
+    size_t first = sc->vals.len;
+    uint32_t stamp = ++sc->line_no;
+    if (p < end && *p == '}') {
+        ln->vals = first;
+        ln->nvals = 0;
+        *pp = p + 1;
+        return 0;
+    }
+    for (;;) {
+        if (p >= end || *p != '"') {
+            return 1;
+        }
+        uint32_t n;
+        const char *name = p + 1;
+        p = plain_string(name, end, &n);
+        if (p == FAIL || p >= end || *p != ':') {
+            return 1;
+        }
+        p++;
+        /* the lines of an hour mostly repeat one list of names: try the name seen last here */
+        Py_ssize_t idx = -1;
+        if (pos < sc->hint.len) {
+            uint32_t h = VEC_AT(sc->hint, uint32_t, pos);
+            Key *k = &VEC_AT(sc->names.keys, Key, h);
+            if (k->n == n && memcmp(k->p, name, n) == 0) {
+                idx = h;
+            }
+        }
+        if (idx < 0) {
+            idx = intern(&sc->names, name, n);
+            if (idx < 0) {
+                return -1;
+            }
+            if (pos < sc->hint.len) {
+                VEC_AT(sc->hint, uint32_t, pos) = (uint32_t)idx;
+            }
+            else {
+                uint32_t *h = vec_push(&sc->hint);
+                if (h == NULL) {
+                    return -1;
+                }
+                *h = (uint32_t)idx;
+            }
+        }
+        pos++;
+        while ((size_t)idx >= sc->stamp.len) {
+            uint32_t *st = vec_push(&sc->stamp);
+            if (st == NULL) {
+                return -1;
+            }
+            *st = 0;
+        }
+        /* one name twice in a line: which value counts is Python's to settle */
+        if (VEC_AT(sc->stamp, uint32_t, idx) == stamp) {
+            return 1;
+        }
+        VEC_AT(sc->stamp, uint32_t, idx) = stamp;
+        if (p >= end) {
+            return 1;
+        }
+        char c = *p;
+        if (c == '"') {
+            p = skip_string(p + 1, end);
+        }
+        else if (c == 't') {
+            p = (end - p >= 4 && memcmp(p, "true", 4) == 0) ? p + 4 : FAIL;
+        }
+        else if (c == 'f') {
+            p = (end - p >= 5 && memcmp(p, "false", 5) == 0) ? p + 5 : FAIL;
+        }
+        else if (c == '-' || (c >= '0' && c <= '9')) {
+            Val v;
+            p = number(p, end, &v);
+            if (p != FAIL) {
+                v.name = (uint32_t)idx;
+                Val *slot = vec_push(&sc->vals);
+                if (slot == NULL) {
+                    return -1;
+                }
+                *slot = v;
+            }
+        }
+        else {
+            return 1;  /* null, nested values: Record refuses them, Python says how */
+        }
+        if (p == FAIL || p >= end) {
+            return 1;
+        }
+        if (*p == '}') {
+            p++;
+            break;
+        }
+        if (*p != ',') {
+            return 1;
+        }
+        p++;
+    }
+    ln->vals = first;
+    ln->nvals = (uint32_t)(sc->vals.len - first);
+    *pp = p;
+    return 0;
+}
+
+/* One line, from '{' to its end (exclusive). 0, 1 (not ours) or -1 (memory). */
+static int
+parse_line(Scan *sc, const char *p, const char *line_end)
+{
+    const char *start = p;
+    Line ln;
+    unsigned seen = 0;
+    sc->end = line_end;
+    if (*p != '{') {
+        return 1;
+    }
+    p++;
+    for (;;) {
+        if (p >= line_end || *p != '"') {
+            return 1;
+        }
+        uint32_t n;
+        const char *key = p + 1;
+        p = plain_string(key, line_end, &n);
+        if (p == FAIL || p >= line_end || *p != ':') {
+            return 1;
+        }
+        p++;
+        if (p >= line_end) {
+            return 1;
+        }
+        unsigned f;
+        if (n == 10 && memcmp(key, "reading_id", 10) == 0) {
+            f = F_RID;
+        }
+        else if (n == 10 && memcmp(key, "vehicle_id", 10) == 0) {
+            f = F_VID;
+        }
+        else if (n == 2 && memcmp(key, "ts", 2) == 0) {
+            f = F_TS;
+        }
+        else if (n == 11 && memcmp(key, "received_at", 11) == 0) {
+            f = F_RECV;
+        }
+        else if (n == 7 && memcmp(key, "signals", 7) == 0) {
+            f = F_SIG;
+        }
+        else {
+            return 1;
+        }
+        if (seen & f) {
+            return 1;
+        }
+        seen |= f;
+        if (f == F_SIG) {
+            if (*p != '{') {
+                return 1;
+            }
+            p++;
+            int r = signals(sc, &p, &ln);
+            if (r) {
+                return r;
+            }
+        }
+        else {
+            if (*p != '"') {
+                return 1;
+            }
+            p++;
+            if (f == F_RID) {
+                ln.rid = p;
+                p = plain_string(p, line_end, &ln.rid_len);
+            }
+            else if (f == F_VID) {
+                uint32_t vn;
+                const char *v = p;
+                p = plain_string(p, line_end, &vn);
+                if (p != FAIL) {
+                    Py_ssize_t idx = intern(&sc->vehicles, v, vn);
+                    if (idx < 0) {
+                        return -1;
+                    }
+                    ln.vehicle = (uint32_t)idx;
+                }
+            }
+            else {
+                p = timestamp(p, line_end, f == F_TS ? &ln.ts : &ln.received);
+            }
+            if (p == FAIL) {
+                return 1;
+            }
+        }
+        if (p >= line_end) {
+            return 1;
+        }
+        if (*p == '}') {
+            p++;
+            break;
+        }
+        if (*p != ',') {
+            return 1;
+        }
+        p++;
+    }
+    if (p != line_end || seen != F_ALL) {
+        return 1;
+    }
+    ln.line = start;
+    ln.line_len = (size_t)(line_end - start);
+    ln.keep = 1;
+    Line *slot = vec_push(&sc->lines);
+    if (slot == NULL) {
+        return -1;
+    }
+    *slot = ln;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ deduplication */
+
+static int
+dedupe(Scan *sc, int *undecided)
+{
+    size_t n = sc->lines.len;
+    Ids ids;
+    ids.mask = 1023;
+    while (ids.mask < n * 2) {
+        ids.mask = ids.mask * 2 + 1;
+    }
+    ids.slots = PyMem_Calloc(ids.mask + 1, sizeof(uint32_t));
+    ids.hashes = PyMem_Malloc((ids.mask + 1) * sizeof(uint64_t));
+    ids.tied = PyMem_Calloc(ids.mask + 1, 1);
+    int rc = 0;
+    if (ids.slots == NULL || ids.hashes == NULL || ids.tied == NULL) {
+        rc = -1;
+        goto done;
+    }
+    Line *lines = sc->lines.data;
+    for (size_t i = 0; i < n; i++) {
+        Line *ln = &lines[i];
+        uint64_t h = hash_bytes(ln->rid, ln->rid_len, mix(ln->vehicle + 0x9e37ULL));
+        size_t s = h & ids.mask;
+        for (;;) {
+            uint32_t e = ids.slots[s];
+            if (e == 0) {
+                ids.slots[s] = (uint32_t)(i + 1);
+                ids.hashes[s] = h;
+                break;
+            }
+            Line *w = &lines[e - 1];
+            if (ids.hashes[s] == h && w->vehicle == ln->vehicle && w->rid_len == ln->rid_len
+                && memcmp(w->rid, ln->rid, ln->rid_len) == 0) {
+                if (ln->received < w->received) {
+                    w->keep = 0;
+                    ids.slots[s] = (uint32_t)(i + 1);
+                    ids.tied[s] = 0;
+                }
+                else {
+                    ln->keep = 0;
+                    if (ln->received == w->received
+                        && (ln->line_len != w->line_len
+                            || memcmp(ln->line, w->line, ln->line_len) != 0)) {
+                        ids.tied[s] = 1;
+                    }
+                }
+                break;
+            }
+            s = (s + 1) & ids.mask;
+        }
+    }
+    for (size_t s = 0; s <= ids.mask; s++) {
+        if (ids.tied[s]) {
+            *undecided = 1;
+            break;
+        }
+    }
+done:
+    PyMem_Free(ids.slots);
+    PyMem_Free(ids.hashes);
+    PyMem_Free(ids.tied);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ statistics */
+
+/* Exact sum as non-overlapping partials (Shewchuk; CPython's math.fsum). */
+#define INLINE_PARTS 6
+
+typedef struct {
+    int64_t count;
+    double lo, hi;
+    uint8_t lo_float, hi_float;
+    int n, cap;
+    double *heap;
+    double inl[INLINE_PARTS];
+} Acc;
+
+static int
+acc_add(Acc *a, double x)
+{
+    double *p = a->heap ? a->heap : a->inl;
+    int i = 0;
+    for (int j = 0; j < a->n; j++) {
+        double y = p[j];
+        if (fabs(x) < fabs(y)) {
+            double t = x;
+            x = y;
+            y = t;
+        }
+        double hi = x + y;
+        double yr = hi - x;
+        double lo = y - yr;
+        if (lo != 0.0) {
+            p[i++] = lo;
+        }
+        x = hi;
+    }
+    if (!isfinite(x)) {
+        return 1;
+    }
+    if (x != 0.0) {
+        if (i >= a->cap) {
+            int cap = a->cap * 2;
+            double *q = PyMem_Malloc(sizeof(double) * (size_t)cap);
+            if (q == NULL) {
+                return -1;
+            }
+            memcpy(q, p, sizeof(double) * (size_t)i);
+            PyMem_Free(a->heap);
+            a->heap = q;
+            a->cap = cap;
+            p = q;
+        }
+        p[i++] = x;
+    }
+    a->n = i;
+    return 0;
+}
+
+static double
+acc_total(Acc *a)
+{
+    double *p = a->heap ? a->heap : a->inl;
+    int n = a->n;
+    double hi = 0.0, lo = 0.0;
+    if (n > 0) {
+        hi = p[--n];
+        while (n > 0) {
+            double x = hi;
+            double y = p[--n];
+            hi = x + y;
+            double yr = hi - x;
+            lo = y - yr;
+            if (lo != 0.0) {
+                break;
+            }
+        }
+        /* half-even rounding across partials, as math.fsum */
+        if (n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0))) {
+            double y = lo * 2.0;
+            double x = hi + y;
+            double yr = x - hi;
+            if (y == yr) {
+                hi = x;
+            }
+        }
+    }
+    return hi;
+}
+
+/* min/max as `extreme(..., key=_tie)`: among equal values, the key (is float, sign) decides:
+ * min takes the smaller (an int over a float, -0.0 over 0.0), max the larger. */
+static inline int
+tie(double v, int is_float)
+{
+    return is_float * 2 + !signbit(v);
+}
+
+static void
+acc_extremes(Acc *a, const Val *v)
+{
+    if (a->count == 0) {
+        a->lo = a->hi = v->v;
+        a->lo_float = a->hi_float = (uint8_t)v->is_float;
+        return;
+    }
+    if (v->v < a->lo || (v->v == a->lo && tie(v->v, v->is_float) < tie(a->lo, a->lo_float))) {
+        a->lo = v->v;
+        a->lo_float = (uint8_t)v->is_float;
+    }
+    if (v->v > a->hi || (v->v == a->hi && tie(v->v, v->is_float) > tie(a->hi, a->hi_float))) {
+        a->hi = v->v;
+        a->hi_float = (uint8_t)v->is_float;
+    }
+}
+
+static PyObject *
+number_object(double v, int is_float)
+{
+    return is_float ? PyFloat_FromDouble(v) : PyLong_FromLongLong((long long)v);
+}
+
+typedef struct {
+    int64_t readings, first, last;
+} Vehicle;
+
+/* ------------------------------------------------------------------ the entry point */
+
+static void
+scan_free(Scan *sc)
+{
+    intern_free(&sc->vehicles);
+    intern_free(&sc->names);
+    PyMem_Free(sc->lines.data);
+    PyMem_Free(sc->vals.data);
+    PyMem_Free(sc->hint.data);
+    PyMem_Free(sc->stamp.data);
+}
+
+/* Result of `aggregate` below; NULL with an exception set, or Py_None. */
+static PyObject *
+build(Scan *sc)
+{
+    PyObject *result = NULL, *vehicles_out = NULL;
+    PyObject **vstr = NULL, **nstr = NULL;
+    Vehicle *veh = NULL;
+    uint32_t *slot = NULL;
+    Vec accs;
+    vec_init(&accs, sizeof(Acc));
+    size_t nv = sc->vehicles.keys.len, nn = sc->names.keys.len;
+    int undecided = 0;
+
+    if (dedupe(sc, &undecided) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (undecided || (nn && nv > ((size_t)1 << 24) / nn)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    veh = PyMem_Calloc(nv ? nv : 1, sizeof(Vehicle));
+    slot = PyMem_Calloc(nv * nn > 0 ? nv * nn : 1, sizeof(uint32_t));
+    if (veh == NULL || slot == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Line *lines = sc->lines.data;
+    Val *vals = sc->vals.data;
+    for (size_t i = 0; i < sc->lines.len; i++) {
+        Line *ln = &lines[i];
+        if (!ln->keep) {
+            continue;
+        }
+        Vehicle *v = &veh[ln->vehicle];
+        if (v->readings++ == 0) {
+            v->first = v->last = ln->ts;
+        }
+        else if (ln->ts < v->first) {
+            v->first = ln->ts;
+        }
+        else if (ln->ts > v->last) {
+            v->last = ln->ts;
+        }
+        uint32_t *row = slot + (size_t)ln->vehicle * nn;
+        for (uint32_t k = 0; k < ln->nvals; k++) {
+            Val *x = &vals[ln->vals + k];
+            uint32_t a = row[x->name];
+            if (a == 0) {
+                Acc *acc = vec_push(&accs);
+                if (acc == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                memset(acc, 0, sizeof *acc);
+                acc->cap = INLINE_PARTS;
+                a = row[x->name] = (uint32_t)accs.len;
+            }
+            Acc *acc = &VEC_AT(accs, Acc, a - 1);
+            acc_extremes(acc, x);
+            acc->count++;
+            int r = acc_add(acc, x->v);
+            if (r < 0) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            if (r > 0) {
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+        }
+    }
+    vstr = PyMem_Calloc(nv ? nv : 1, sizeof(PyObject *));
+    nstr = PyMem_Calloc(nn ? nn : 1, sizeof(PyObject *));
+    vehicles_out = PyList_New(0);
+    if (vstr == NULL || nstr == NULL || vehicles_out == NULL) {
+        if (vehicles_out != NULL) {
+            PyErr_NoMemory();
+        }
+        goto done;
+    }
+    for (size_t i = 0; i < nv; i++) {
+        Vehicle *v = &veh[i];
+        if (v->readings == 0) {
+            continue;  /* seen only in a copy that did not count */
+        }
+        Key *k = &VEC_AT(sc->vehicles.keys, Key, i);
+        vstr[i] = PyUnicode_FromStringAndSize(k->p, k->n);
+        PyObject *sigs = PyList_New(0);
+        if (vstr[i] == NULL || sigs == NULL) {
+            Py_XDECREF(sigs);
+            goto done;
+        }
+        uint32_t *row = slot + i * nn;
+        for (size_t j = 0; j < nn; j++) {
+            if (row[j] == 0) {
+                continue;
+            }
+            Acc *acc = &VEC_AT(accs, Acc, row[j] - 1);
+            if (acc->count >= 10000000) {  /* SignalStats.final keeps an expansion then */
+                Py_DECREF(sigs);
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+            if (nstr[j] == NULL) {
+                Key *nk = &VEC_AT(sc->names.keys, Key, j);
+                nstr[j] = PyUnicode_FromStringAndSize(nk->p, nk->n);
+                if (nstr[j] == NULL) {
+                    Py_DECREF(sigs);
+                    goto done;
+                }
+            }
+            PyObject *t = Py_BuildValue("(OLNNd)", nstr[j], (long long)acc->count,
+                                        number_object(acc->lo, acc->lo_float),
+                                        number_object(acc->hi, acc->hi_float), acc_total(acc));
+            if (t == NULL || PyList_Append(sigs, t) < 0) {
+                Py_XDECREF(t);
+                Py_DECREF(sigs);
+                goto done;
+            }
+            Py_DECREF(t);
+        }
+        PyObject *t = Py_BuildValue("(OLLLN)", vstr[i], (long long)v->readings,
+                                    (long long)v->first, (long long)v->last, sigs);
+        if (t == NULL || PyList_Append(vehicles_out, t) < 0) {
+            Py_XDECREF(t);
+            goto done;
+        }
+        Py_DECREF(t);
+    }
+    result = Py_BuildValue("(nO)", (Py_ssize_t)sc->lines.len, vehicles_out);
+done:
+    for (size_t i = 0; i < accs.len; i++) {
+        PyMem_Free(VEC_AT(accs, Acc, i).heap);
+    }
+    PyMem_Free(accs.data);
+    if (vstr != NULL) {
+        for (size_t i = 0; i < nv; i++) {
+            Py_XDECREF(vstr[i]);
+        }
+    }
+    if (nstr != NULL) {
+        for (size_t i = 0; i < nn; i++) {
+            Py_XDECREF(nstr[i]);
+        }
+    }
+    PyMem_Free(vstr);
+    PyMem_Free(nstr);
+    PyMem_Free(veh);
+    PyMem_Free(slot);
+    Py_XDECREF(vehicles_out);
+    return result;
+}
+
+static PyObject *
+aggregate_hour(PyObject *self, PyObject *arg)
+{
+    if (!PyList_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "aggregate_hour() takes a list of bytes");
+        return NULL;
+    }
+    /* Hold the blobs: the scan keeps pointers into them, and a list item can be replaced. */
+    PyObject *blobs = PySequence_Tuple(arg);
+    if (blobs == NULL) {
+        return NULL;
+    }
+    Py_ssize_t nb = PyTuple_GET_SIZE(blobs);
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(blobs, b))) {
+            Py_DECREF(blobs);
+            PyErr_SetString(PyExc_TypeError, "aggregate_hour() takes a list of bytes");
+            return NULL;
+        }
+    }
+    Scan sc;
+    memset(&sc, 0, sizeof sc);
+    vec_init(&sc.lines, sizeof(Line));
+    vec_init(&sc.vals, sizeof(Val));
+    vec_init(&sc.hint, sizeof(uint32_t));
+    vec_init(&sc.stamp, sizeof(uint32_t));
+    PyObject *result = NULL;
+    if (intern_init(&sc.vehicles) < 0 || intern_init(&sc.names) < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        PyObject *blob = PyTuple_GET_ITEM(blobs, b);
+        const char *p = PyBytes_AS_STRING(blob);
+        const char *end = p + PyBytes_GET_SIZE(blob);
+        while (p < end) {
+            const char *nl = memchr(p, '\n', (size_t)(end - p));
+            const char *line_end = nl ? nl : end;
+            if (line_end > p) {  /* empty lines are skipped, as decode_lines does */
+                int r = parse_line(&sc, p, line_end);
+                if (r < 0) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                if (r > 0 || sc.lines.len >= UINT32_MAX - 1) {
+                    result = Py_NewRef(Py_None);
+                    goto done;
+                }
+            }
+            p = nl ? nl + 1 : end;
+        }
+    }
+    result = build(&sc);
+done:
+    scan_free(&sc);
+    Py_DECREF(blobs);
+    return result;
+}
 
 static PyObject *
 probe(PyObject *self, PyObject *args)
@@ -9,6 +1122,9 @@ probe(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"probe", probe, METH_NOARGS, "1"},
+    {"aggregate_hour", aggregate_hour, METH_O,
+     "aggregate_hour(blobs) -> (lines, [(vehicle_id, readings, first_us, last_us, "
+     "[(name, count, min, max, fsum)])]) or None when Python must decide"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -9,9 +9,15 @@ from datetime import datetime
 import msgspec
 
 from telemetry.domain import lake
-from telemetry.domain.aggregation import HourAggregate, aggregate, dedupe
+from telemetry.domain.aggregation import HourAggregate, aggregate, aggregate_raw, dedupe
 from telemetry.domain.errors import NotFound, StorageUnavailable
-from telemetry.domain.hour_slices import HourSlice, SliceResult, combine_slices, read_records
+from telemetry.domain.hour_slices import (
+    HourSlice,
+    SliceResult,
+    combine_slices,
+    read_raw,
+    read_records,
+)
 from telemetry.domain.partials import distinct_partials, ids_of, merge_partials, read_partials
 from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record
@@ -66,13 +72,17 @@ class AggregateHours:
         self, hour: datetime, keys: Sequence[str], covered: Covered | None = None
     ) -> tuple[int, HourAggregate, int]:
         """The hour's aggregate, its raw line count and how many files were merged from their
-        partials: from the files' partials (see `partials`), else on lean records (see
-        `RawDecoder`), else on Records where lean copies of a reading cannot settle which one
-        counts."""
+        partials: from the files' partials (see `partials`), else by the compiled kernel (see
+        `aggregate_raw`), else on lean records (see `RawDecoder`), else on Records where lean
+        copies of a reading cannot settle which one counts."""
         fast = self._from_partials(hour, keys, covered)
         if fast is not None:
             return fast
-        hour_slice = HourSlice(self.storage, keys)
+        contents = [read_raw(self.storage, k) for k in keys]
+        native = aggregate_raw(hour, contents)
+        if native is not None:
+            return native[0], native[1], 0
+        hour_slice = HourSlice(self.storage, keys, contents)
         agg = hour_slice.aggregate(hour)
         if agg is None:
             raw = self.read_hour(keys)

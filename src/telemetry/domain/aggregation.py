@@ -17,7 +17,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import compress, count, filterfalse
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any
@@ -25,6 +25,11 @@ from typing import Annotated, Any
 import msgspec
 
 from telemetry.domain.readings import Record, encode_record, schema_doc
+
+try:
+    from telemetry._hourscan import aggregate_hour as _aggregate_hour
+except ImportError:  # built without a C compiler: the Python paths below do all of it
+    _aggregate_hour = None  # type: ignore[assignment]
 
 Num = int | float
 
@@ -575,3 +580,39 @@ def _duplicated(ids: list[str]) -> set[str]:
 
 
 _lean_encoder = msgspec.json.Encoder()
+
+
+# ---------------------------------------------------------------- the compiled whole-hour path
+#
+# `telemetry._hourscan.aggregate_hour` scans an hour's raw files in C and computes what
+# `aggregate_lean` does over them (statistics of one pass, see `SignalStats.final`), for the
+# lines the worker writes; on anything else it answers None and the paths above take the hour.
+# Tests set `hour_kernel` to None to run those paths alone.
+
+_KernelSignal = tuple[str, int, Num, Num, float]  # name, count, min, max, fsum
+_KernelVehicle = tuple[str, int, int, int, list[_KernelSignal]]  # first, last: epoch us
+HourKernel = Callable[[list[bytes]], tuple[int, list[_KernelVehicle]] | None]
+hour_kernel: HourKernel | None = _aggregate_hour
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def aggregate_raw(hour: datetime, blobs: list[bytes]) -> tuple[int, HourAggregate] | None:
+    """The raw line count and aggregate of an hour's raw file contents (gunzipped), as
+    `aggregate_lean` over their lean records; None when the compiled kernel is not built or
+    leaves these lines to the Python paths."""
+    if hour_kernel is None:
+        return None
+    scanned = hour_kernel(blobs)
+    if scanned is None:
+        return None
+    lines, vehicles = scanned
+    out = HourAggregate(hour)
+    for vid, readings, first_us, last_us, signals in vehicles:
+        out.vehicles[vid] = VehicleHour(
+            readings,
+            _EPOCH + timedelta(microseconds=first_us),
+            _EPOCH + timedelta(microseconds=last_us),
+            {name: SignalStats(n, lo, hi, None, None, total)
+             for name, n, lo, hi, total in signals},
+        )
+    return lines, out

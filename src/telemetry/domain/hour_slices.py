@@ -58,15 +58,20 @@ class HourSlice:
     go the way of the copies, which settle it exactly all the same.
     """
 
-    def __init__(self, storage: Storage, keys: Sequence[str]) -> None:
-        self._decode(storage, keys)
+    def __init__(
+        self, storage: Storage, keys: Sequence[str], contents: Sequence[bytes] | None = None
+    ) -> None:
+        """`contents`: the files' `read_raw`, when the caller has read them already."""
+        self._decode(storage, keys, contents)
 
-    def _decode(self, storage: Storage, keys: Sequence[str]) -> None:
+    def _decode(
+        self, storage: Storage, keys: Sequence[str], contents: Sequence[bytes] | None
+    ) -> None:
         decoder = RawDecoder()
         blobs: list[tuple[str, bytes]] = []
         lean: list[Any] = []
-        for key in keys:
-            data = read_raw(storage, key)
+        for i, key in enumerate(keys):
+            data = read_raw(storage, key) if contents is None else contents[i]
             blobs.append((key, data))
             lean.extend(_decode_raw(decoder, key, data))
         if decoder.generation > 1:  # a later file brought new signal names: one Struct for all
