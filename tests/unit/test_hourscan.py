@@ -47,6 +47,10 @@ def python_path(blobs: list[bytes]) -> tuple[int, bytes] | None:
             result = AggregateHours(storage).hour(HOUR, keys)
         except ValueError:
             return None
+        except TypeError:
+            # A timestamp without an offset (naive) among aware ones fails the Python paths'
+            # comparisons: not a lake line either, and the kernel takes only `Z` timestamps.
+            return None
     return result.raw_records, storage.get(lake.aggregate_key(HOUR))
 
 
@@ -123,6 +127,7 @@ def lines(draw: st.DrawFn, ordinary: bool) -> list[str]:
     count = draw(st.integers(1, 12))
     out: list[str] = []
     made: list[tuple[dict[str, str], str]] = []
+    made_fresh: dict[str, str] = {}
     for i in range(count):
         if made and draw(st.integers(0, 3)) == 0:  # another copy of an earlier reading
             prev, text = draw(st.sampled_from(made))
@@ -145,7 +150,7 @@ def lines(draw: st.DrawFn, ordinary: bool) -> list[str]:
                                                       else 7])))
             vid = draw(st.sampled_from(["truck-1", "van:2", "v3", "v\\u0034"][
                 : 4 if not ordinary and draw(st.integers(0, 5)) == 0 else 3]))
-            f = {
+            f = made_fresh = {
                 "reading_id": f'"{rid}"',
                 "vehicle_id": f'"{vid}"',
                 "ts": f'"{draw(timestamps(ordinary))}"',
@@ -153,7 +158,9 @@ def lines(draw: st.DrawFn, ordinary: bool) -> list[str]:
                 "signals": _signals(draw, ordinary),
             }
         order = list(_KEYS)
-        if draw(st.integers(0, 4)) == 0:
+        # (the writer's order for ordinary copies: two copies received at one instant count
+        # once only when their bytes are equal)
+        if draw(st.integers(0, 4)) == 0 and not (ordinary and f is not made_fresh):
             order = draw(st.permutations(_KEYS))
         text = "{" + ",".join(f'"{k}":{f[k]}' for k in order) + "}"
         made.append((f, text))
