@@ -63,23 +63,47 @@ mix(uint64_t h)
     return h;
 }
 
+static inline uint64_t
+load8(const char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+static inline uint64_t
+load4(const char *p)
+{
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
 static uint64_t
 hash_bytes(const char *p, size_t n, uint64_t seed)
 {
     uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15ULL);
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-        h = (h ^ w) * 0x100000001b3ULL;
+    size_t len = n;
+    while (n > 8) {
+        h = (h ^ load8(p)) * 0x100000001b3ULL;
         h ^= h >> 29;
         p += 8;
         n -= 8;
     }
-    if (n) {
-        uint64_t w = 0;
-        memcpy(&w, p, n);
-        h = (h ^ w) * 0x100000001b3ULL;
+    uint64_t w;
+    if (len >= 8) {
+        w = load8(p + n - 8);  /* the last 8 bytes, overlapping what was hashed */
     }
+    else if (n >= 4) {
+        w = load4(p) | (load4(p + n - 4) << 32);
+    }
+    else {
+        w = 0;
+        for (size_t i = 0; i < n; i++) {
+            w = (w << 8) | (unsigned char)p[i];
+        }
+    }
+    h = (h ^ w) * 0x100000001b3ULL;
     return mix(h);
 }
 
@@ -180,6 +204,7 @@ typedef struct {
     uint32_t rid_len;
     uint32_t vehicle;
     uint8_t keep;
+    uint8_t tied;       /* a copy received at this one's instant has other bytes */
 } Line;
 
 typedef struct {
@@ -187,14 +212,6 @@ typedef struct {
     uint32_t is_float;
     double v;           /* ints too: within +-2**53 they are exact doubles */
 } Val;
-
-/* Identity (vehicle, reading_id) -> the line that counts for it. */
-typedef struct {
-    uint32_t *slots;    /* line index + 1 */
-    uint64_t *hashes;
-    uint8_t *tied;      /* copies received at the winner's instant with other bytes */
-    size_t mask, used;
-} Ids;
 
 /* ------------------------------------------------------------------ scanning */
 
@@ -210,26 +227,30 @@ typedef struct {
 
 #define FAIL NULL
 
+/* Bytes that may stand in a string as they are: printable ASCII but '"' and '\\'. */
+static unsigned char PLAIN[256];
+
+static void
+init_tables(void)
+{
+    for (int c = 0x20; c < 0x7f; c++) {
+        PLAIN[c] = c != '"' && c != '\\';
+    }
+}
+
 /* A string of printable ASCII without escapes; p is after the opening quote. */
 static inline const char *
 plain_string(const char *p, const char *end, uint32_t *len)
 {
     const char *s = p;
-    while (p < end) {
-        unsigned char c = (unsigned char)*p;
-        if (c == '"') {
-            if (p - s > 1000000) {
-                return FAIL;
-            }
-            *len = (uint32_t)(p - s);
-            return p + 1;
-        }
-        if (c < 0x20 || c >= 0x7f || c == '\\') {
-            return FAIL;
-        }
+    while (p < end && PLAIN[(unsigned char)*p]) {
         p++;
     }
-    return FAIL;
+    if (p >= end || *p != '"' || p - s > 1000000) {
+        return FAIL;
+    }
+    *len = (uint32_t)(p - s);
+    return p + 1;
 }
 
 static inline int
@@ -244,6 +265,9 @@ skip_string(const char *p, const char *end)
 {
     while (p < end) {
         unsigned char c = (unsigned char)*p++;
+        if (PLAIN[c]) {
+            continue;
+        }
         if (c == '"') {
             return p;
         }
@@ -496,23 +520,26 @@ signals(Scan *sc, const char **pp, Line *ln)
         if (p >= end || *p != '"') {
             return 1;
         }
-        uint32_t n;
         const char *name = p + 1;
-        p = plain_string(name, end, &n);
-        if (p == FAIL || p >= end || *p != ':') {
-            return 1;
-        }
-        p++;
-        /* the lines of an hour mostly repeat one list of names: try the name seen last here */
+        /* The lines of an hour mostly repeat one list of names: the name seen last at this
+         * position, already checked, is compared as it stands. */
         Py_ssize_t idx = -1;
         if (pos < sc->hint.len) {
             uint32_t h = VEC_AT(sc->hint, uint32_t, pos);
             Key *k = &VEC_AT(sc->names.keys, Key, h);
-            if (k->n == n && memcmp(k->p, name, n) == 0) {
+            if ((size_t)(end - name) > k->n + 1 && name[k->n] == '"' && name[k->n + 1] == ':'
+                && memcmp(k->p, name, k->n) == 0) {
                 idx = h;
+                p = name + k->n + 2;
             }
         }
         if (idx < 0) {
+            uint32_t n;
+            p = plain_string(name, end, &n);
+            if (p == FAIL || p >= end || *p != ':') {
+                return 1;
+            }
+            p++;
             idx = intern(&sc->names, name, n);
             if (idx < 0) {
                 return -1;
@@ -692,6 +719,7 @@ parse_line(Scan *sc, const char *p, const char *line_end)
     ln.line = start;
     ln.line_len = (size_t)(line_end - start);
     ln.keep = 1;
+    ln.tied = 0;
     Line *slot = vec_push(&sc->lines);
     if (slot == NULL) {
         return -1;
@@ -702,67 +730,75 @@ parse_line(Scan *sc, const char *p, const char *line_end)
 
 /* ------------------------------------------------------------------ deduplication */
 
+#if defined(__GNUC__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
+
+/* One line per identity (vehicle, reading_id) keeps `keep`: the copy received first. Sets
+ * `undecided` when copies received at that first instant differ in their bytes. */
 static int
 dedupe(Scan *sc, int *undecided)
 {
-    size_t n = sc->lines.len;
-    Ids ids;
-    ids.mask = 1023;
-    while (ids.mask < n * 2) {
-        ids.mask = ids.mask * 2 + 1;
+    size_t n = sc->lines.len, mask = 1023;
+    while (mask < n * 2) {
+        mask = mask * 2 + 1;
     }
-    ids.slots = PyMem_Calloc(ids.mask + 1, sizeof(uint32_t));
-    ids.hashes = PyMem_Malloc((ids.mask + 1) * sizeof(uint64_t));
-    ids.tied = PyMem_Calloc(ids.mask + 1, 1);
-    int rc = 0;
-    if (ids.slots == NULL || ids.hashes == NULL || ids.tied == NULL) {
-        rc = -1;
-        goto done;
+    /* a slot: the hash's high half, and the line's index + 1 (0: empty), one load a probe */
+    uint64_t *slots = PyMem_Calloc(mask + 1, sizeof(uint64_t));
+    uint64_t *hashes = PyMem_Malloc((n ? n : 1) * sizeof(uint64_t));
+    if (slots == NULL || hashes == NULL) {
+        PyMem_Free(slots);
+        PyMem_Free(hashes);
+        return -1;
     }
     Line *lines = sc->lines.data;
     for (size_t i = 0; i < n; i++) {
+        hashes[i] = hash_bytes(lines[i].rid, lines[i].rid_len, mix(lines[i].vehicle + 0x9e37ULL));
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (i + 16 < n) {
+            PREFETCH(&slots[hashes[i + 16] & mask]);  /* the table is far bigger than a cache */
+        }
         Line *ln = &lines[i];
-        uint64_t h = hash_bytes(ln->rid, ln->rid_len, mix(ln->vehicle + 0x9e37ULL));
-        size_t s = h & ids.mask;
+        uint64_t h = hashes[i], tag = h >> 32 << 32;
+        size_t s = h & mask;
         for (;;) {
-            uint32_t e = ids.slots[s];
+            uint64_t e = slots[s];
             if (e == 0) {
-                ids.slots[s] = (uint32_t)(i + 1);
-                ids.hashes[s] = h;
+                slots[s] = tag | (i + 1);
                 break;
             }
-            Line *w = &lines[e - 1];
-            if (ids.hashes[s] == h && w->vehicle == ln->vehicle && w->rid_len == ln->rid_len
+            Line *w = &lines[(uint32_t)e - 1];
+            if ((e >> 32 << 32) == tag && w->vehicle == ln->vehicle && w->rid_len == ln->rid_len
                 && memcmp(w->rid, ln->rid, ln->rid_len) == 0) {
                 if (ln->received < w->received) {
                     w->keep = 0;
-                    ids.slots[s] = (uint32_t)(i + 1);
-                    ids.tied[s] = 0;
+                    slots[s] = tag | (i + 1);
                 }
                 else {
                     ln->keep = 0;
                     if (ln->received == w->received
                         && (ln->line_len != w->line_len
                             || memcmp(ln->line, w->line, ln->line_len) != 0)) {
-                        ids.tied[s] = 1;
+                        w->tied = 1;
                     }
                 }
                 break;
             }
-            s = (s + 1) & ids.mask;
+            s = (s + 1) & mask;
         }
     }
-    for (size_t s = 0; s <= ids.mask; s++) {
-        if (ids.tied[s]) {
+    for (size_t i = 0; i < n; i++) {
+        if (lines[i].keep && lines[i].tied) {
             *undecided = 1;
             break;
         }
     }
-done:
-    PyMem_Free(ids.slots);
-    PyMem_Free(ids.hashes);
-    PyMem_Free(ids.tied);
-    return rc;
+    PyMem_Free(slots);
+    PyMem_Free(hashes);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ statistics */
@@ -1133,5 +1169,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hourscan", NULL, -1
 PyMODINIT_FUNC
 PyInit__hourscan(void)
 {
+    init_tables();
     return PyModule_Create(&module);
 }
