@@ -5,11 +5,11 @@
  *
  * Accepted: lines `{"reading_id":s,"vehicle_id":s,"ts":t,"received_at":t,"signals":{...}}`,
  * keys in any order, no whitespace, empty lines between them; ids and signal names of printable
- * ASCII without escapes; signal values ints within +-2**53, floats below 1e300 in magnitude,
- * true/false and strings (skipped: not numeric statistics); timestamps
- * `YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`. Duplicates by (vehicle_id, reading_id): the copy received
+ * ASCII without escapes; signal values: ints within int64, finite floats, true/false and ASCII
+ * strings (those two skipped: not numeric statistics); timestamps
+ * `YYYY-MM-DDTHH:MM:SS[.f{1,6}]` with `Z` or `+HH:MM`/`-HH:MM` (only the instant counts). Duplicates by (vehicle_id, reading_id): the copy received
  * first wins; copies received at that same instant count once when their bytes are equal, else
- * None (Python settles those by their encodings).
+ * None (Python settles those by their encodings). A sum that leaves the float range: None.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -245,7 +245,10 @@ typedef struct {
 typedef struct {
     uint32_t name;
     uint32_t is_float;
-    double v;           /* ints too: within +-2**53 they are exact doubles */
+    union {
+        double d;
+        int64_t i;
+    } v;
 } Val;
 
 /* ------------------------------------------------------------------ scanning */
@@ -422,14 +425,11 @@ number(const char *p, const char *end, Val *out)
         }
     }
     if (!is_float) {
-        if (dropped || m > (uint64_t)1 << 53) {
-            return FAIL;  /* beyond +-2**53: not an exact double, Python's to settle */
+        if (dropped || m > (uint64_t)INT64_MAX + neg) {
+            return FAIL;  /* beyond int64: Python's to settle */
         }
         out->is_float = 0;
-        out->v = neg ? -(double)m : (double)m;  /* -0 is the int 0 */
-        if (out->v == 0.0) {
-            out->v = 0.0;
-        }
+        out->v.i = neg ? (m ? -(int64_t)(m - 1) - 1 : 0) : (int64_t)m;  /* -0 is the int 0 */
         return p;
     }
     double d;
@@ -464,11 +464,11 @@ number(const char *p, const char *end, Val *out)
             return FAIL;
         }
     }
-    if (!(fabs(d) < 1e300)) {
-        return FAIL;  /* sums could leave the float range (SignalStats' _SAFE): Python's */
+    if (!isfinite(d)) {
+        return FAIL;  /* msgspec: "Number out of range" */
     }
     out->is_float = 1;
-    out->v = d;
+    out->v.d = d;
     return p;
 }
 
@@ -481,11 +481,12 @@ two(const char *p)
     return (p[0] - '0') * 10 + (p[1] - '0');
 }
 
-/* `YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z"` as microseconds since the epoch; p after the quote. */
+/* `YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|+HH:MM|-HH:MM)"` as microseconds since the epoch (the
+ * instant); p after the quote. */
 static const char *
 timestamp(const char *p, const char *end, int64_t *us)
 {
-    if (end - p < 21 || p[4] != '-' || p[7] != '-' || p[10] != 'T' || p[13] != ':'
+    if (end - p < 20 || p[4] != '-' || p[7] != '-' || p[10] != 'T' || p[13] != ':'
         || p[16] != ':') {
         return FAIL;
     }
@@ -520,7 +521,26 @@ timestamp(const char *p, const char *end, int64_t *us)
             frac *= 10;
         }
     }
-    if (end - p < 2 || p[0] != 'Z' || p[1] != '"') {
+    int64_t offset_us = 0;
+    if (p < end && (*p == '+' || *p == '-')) {
+        /* an offset: only the instant counts (aggregates write first/last ts in UTC) */
+        if (end - p < 7 || p[3] != ':') {
+            return FAIL;
+        }
+        int oh = two(p + 1), om = two(p + 4);
+        if (oh < 0 || oh > 23 || om < 0 || om > 59) {
+            return FAIL;
+        }
+        offset_us = ((int64_t)oh * 60 + om) * 60 * 1000000 * (*p == '-' ? -1 : 1);
+        p += 6;
+    }
+    else if (p < end && *p == 'Z') {
+        p++;
+    }
+    else {
+        return FAIL;
+    }
+    if (p >= end || *p != '"') {
         return FAIL;
     }
     /* days from civil (proleptic Gregorian) */
@@ -530,8 +550,12 @@ timestamp(const char *p, const char *end, int64_t *us)
     int64_t doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
     int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     int64_t days = era * 146097 + doe - 719468;
-    *us = ((days * 24 + h) * 60 + mi) * 60 * 1000000 + (int64_t)s * 1000000 + frac;
-    return p + 2;
+    *us = ((days * 24 + h) * 60 + mi) * 60 * 1000000 + (int64_t)s * 1000000 + frac - offset_us;
+    /* the instant must stay within datetime's years 1-9999 */
+    if (*us < -62135596800LL * 1000000 || *us >= 253402300800LL * 1000000) {
+        return FAIL;
+    }
+    return p + 1;
 }
 
 enum { F_RID = 1, F_VID = 2, F_TS = 4, F_RECV = 8, F_SIG = 16, F_ALL = 31 };
@@ -843,8 +867,7 @@ dedupe(Scan *sc, int *undecided)
 
 typedef struct {
     int64_t count;
-    double lo, hi;
-    uint8_t lo_float, hi_float;
+    Val lo, hi;
     int n, cap;
     double *heap;
     double inl[INLINE_PARTS];
@@ -923,36 +946,66 @@ acc_total(Acc *a)
     return hi;
 }
 
+/* -1, 0 or 1 as the int i is below, equal to or above the float d, exactly (Python's int
+ * against float comparison). */
+static inline int
+cmp_int_float(int64_t i, double d)
+{
+    if (d >= 9223372036854775808.0) {
+        return -1;
+    }
+    if (d < -9223372036854775808.0) {
+        return 1;
+    }
+    double t = trunc(d);  /* within int64: converts exactly */
+    int64_t ti = (int64_t)t;
+    if (i != ti) {
+        return i < ti ? -1 : 1;
+    }
+    return d > t ? -1 : (d < t ? 1 : 0);
+}
+
+static inline int
+cmp_val(const Val *a, const Val *b)
+{
+    if (a->is_float && b->is_float) {
+        return (a->v.d > b->v.d) - (a->v.d < b->v.d);
+    }
+    if (!a->is_float && !b->is_float) {
+        return (a->v.i > b->v.i) - (a->v.i < b->v.i);
+    }
+    return a->is_float ? -cmp_int_float(b->v.i, a->v.d) : cmp_int_float(a->v.i, b->v.d);
+}
+
 /* min/max as `extreme(..., key=_tie)`: among equal values, the key (is float, sign) decides:
  * min takes the smaller (an int over a float, -0.0 over 0.0), max the larger. */
 static inline int
-tie(double v, int is_float)
+tie(const Val *v)
 {
-    return is_float * 2 + !signbit(v);
+    return v->is_float ? 2 + !signbit(v->v.d) : v->v.i >= 0;
 }
 
 static void
 acc_extremes(Acc *a, const Val *v)
 {
     if (a->count == 0) {
-        a->lo = a->hi = v->v;
-        a->lo_float = a->hi_float = (uint8_t)v->is_float;
+        a->lo = a->hi = *v;
         return;
     }
-    if (v->v < a->lo || (v->v == a->lo && tie(v->v, v->is_float) < tie(a->lo, a->lo_float))) {
-        a->lo = v->v;
-        a->lo_float = (uint8_t)v->is_float;
+    int c = cmp_val(v, &a->lo);
+    if (c < 0 || (c == 0 && tie(v) < tie(&a->lo))) {
+        a->lo = *v;
     }
-    if (v->v > a->hi || (v->v == a->hi && tie(v->v, v->is_float) > tie(a->hi, a->hi_float))) {
-        a->hi = v->v;
-        a->hi_float = (uint8_t)v->is_float;
+    c = cmp_val(v, &a->hi);
+    if (c > 0 || (c == 0 && tie(v) > tie(&a->hi))) {
+        a->hi = *v;
     }
 }
 
 static PyObject *
-number_object(double v, int is_float)
+number_object(const Val *v)
 {
-    return is_float ? PyFloat_FromDouble(v) : PyLong_FromLongLong((long long)v);
+    return v->is_float ? PyFloat_FromDouble(v->v.d) : PyLong_FromLongLong((long long)v->v.i);
 }
 
 typedef struct {
@@ -1033,7 +1086,8 @@ build(Scan *sc)
             Acc *acc = &VEC_AT(accs, Acc, a - 1);
             acc_extremes(acc, x);
             acc->count++;
-            int r = acc_add(acc, x->v);
+            /* an int as float() makes it: correctly rounded (round half to even) */
+            int r = acc_add(acc, x->is_float ? x->v.d : (double)x->v.i);
             if (r < 0) {
                 PyErr_NoMemory();
                 goto done;
@@ -1084,9 +1138,15 @@ build(Scan *sc)
                     goto done;
                 }
             }
+            double total = acc_total(acc);
+            if (!isfinite(total)) {  /* the sum leaves the float range: Python's exact path */
+                Py_DECREF(sigs);
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
             PyObject *t = Py_BuildValue("(OLNNd)", nstr[j], (long long)acc->count,
-                                        number_object(acc->lo, acc->lo_float),
-                                        number_object(acc->hi, acc->hi_float), acc_total(acc));
+                                        number_object(&acc->lo), number_object(&acc->hi),
+                                        total);
             if (t == NULL || PyList_Append(sigs, t) < 0) {
                 Py_XDECREF(t);
                 Py_DECREF(sigs);

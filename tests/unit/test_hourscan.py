@@ -5,7 +5,6 @@ however broken, crashes it."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -61,22 +60,31 @@ def kernel_path(blobs: list[bytes]) -> tuple[int, bytes] | None:
 
 # ---------------------------------------------------------------- raw lines, spelled by hand
 
-def _ts(us: int, digits: int, offset: bool = False) -> str:
-    """HOUR + us, with `digits` fractional digits (the instant must fit them), Z or an
-    offset."""
+def _ts(us: int, digits: int, offset: str = "Z") -> str:
+    """HOUR + us, with `digits` fractional digits (the instant must fit them), written with
+    `offset` (Z, or +HH:MM / -HH:MM: the local time shifted to keep the instant)."""
     t = HOUR + timedelta(microseconds=us)
     frac = f"{t.microsecond:06d}"[:digits]
-    if offset:
-        t += timedelta(hours=1)
+    if offset != "Z" and offset[3:4] == ":":
+        shift = timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
+        t += shift if offset[0] == "+" else -shift
     text = f"{t:%Y-%m-%dT%H:%M:%S}" + (f".{frac}" if digits else "")
-    return text + ("+01:00" if offset else "Z")
+    return text + offset
+
+
+_OFFSETS = ["+01:00", "-05:30", "+00:00", "-00:00", "+23:59", "-23:59"]
+_ODD_OFFSETS = ["+24:00", "+0100", "+01", "z", ""]
 
 
 @st.composite
 def timestamps(draw: st.DrawFn, ordinary: bool) -> str:
     digits = draw(st.integers(0, 6))
     us = draw(st.integers(0, 3_599_999_999 // 10 ** (6 - digits))) * 10 ** (6 - digits)
-    offset = not ordinary and draw(st.integers(0, 39)) == 0
+    offset = "Z"
+    if draw(st.integers(0, 9)) == 0:
+        offset = draw(st.sampled_from(_OFFSETS))
+    if not ordinary and draw(st.integers(0, 39)) == 0:
+        offset = draw(st.sampled_from(_ODD_OFFSETS))
     return _ts(us, digits, offset)
 
 
@@ -91,8 +99,9 @@ def _float_token(x: float, style: int) -> str:
 _ORDINARY_TOKENS = ["0", "-0", "1", "1.0", "-1", "-1.0", "0.0", "-0.0", "2", "2.0", "1e5",
                     "1E5", "1.5e-3", "100000.0", "true", "false", '"P"', '"a\\"b"',
                     '"\\u00e9\\n"', '""']
-_ODD_TOKENS = [str(2**53), str(-(2**53)), str(2**53 + 1), str(2**63 - 1), "1e300", "-1e300",
-               "1.7e308", "9.999999999999999e299", "null", "[1]", '{"a":1}', "01", "1.", ".5",
+_ODD_TOKENS = [str(2**53 + 1), str(2**63 - 1), str(-(2**63)), str(2**63), str(-(2**63) - 1),
+               str(10**30), "1e300", "-1e300", "1.7e308", "-1.7976931348623157e308", "1e400",
+               "9.999999999999999e299", "null", "[1]", '{"a":1}', "01", "1.", ".5",
                "1e", "+1", "NaN", '"\\ud800"', '"\\x"', '"\u00e9"']
 
 
@@ -103,7 +112,9 @@ def value_tokens(draw: st.DrawFn, ordinary: bool) -> str:
         kind = draw(st.integers(0, 9))
     if kind <= 3:
         return draw(st.sampled_from(_ORDINARY_TOKENS))
-    if kind <= 5:
+    if kind == 4:
+        return str(draw(st.integers(-(2**63), 2**63 - 1)))
+    if kind == 5:
         return str(draw(st.integers(-(2**53), 2**53)))
     if kind <= 8:
         return _float_token(draw(finite_floats().filter(lambda x: abs(x) < 1e300)),
@@ -117,7 +128,8 @@ def value_tokens(draw: st.DrawFn, ordinary: bool) -> str:
 
 _NAMES = ["Vehicle.Speed", "Vehicle.Gear", "Temp", "a_b.c"]
 _KEYS = ["reading_id", "vehicle_id", "ts", "received_at", "signals"]
-_RECEIVED = [_ts(3_600_000_000 + d, 6) for d in (0, 1, 1_000_000)]
+_RECEIVED = [_ts(3_600_000_000 + d, 6) for d in (0, 1, 1_000_000)] + [
+    _ts(3_600_000_000, 6, "+02:00")]  # the first instant again, with an offset
 
 
 @st.composite
@@ -125,6 +137,7 @@ def lines(draw: st.DrawFn, ordinary: bool) -> list[str]:
     """Raw lines of one hour: a few vehicles and reading ids so identities repeat, copies
     identical or received earlier, later or at the same instant, names absent or present."""
     count = draw(st.integers(1, 12))
+    received = _RECEIVED[:3] if ordinary else _RECEIVED  # (not one instant spelled two ways)
     out: list[str] = []
     made: list[tuple[dict[str, str], str]] = []
     made_fresh: dict[str, str] = {}
@@ -137,7 +150,7 @@ def lines(draw: st.DrawFn, ordinary: bool) -> list[str]:
                 out.append(text)
                 continue
             if change == "received_at":
-                f["received_at"] = f'"{draw(st.sampled_from(_RECEIVED))}"'
+                f["received_at"] = f'"{draw(st.sampled_from(received))}"'
                 if ordinary and f["received_at"] == prev["received_at"]:
                     out.append(text)
                     continue
@@ -154,7 +167,7 @@ def lines(draw: st.DrawFn, ordinary: bool) -> list[str]:
                 "reading_id": f'"{rid}"',
                 "vehicle_id": f'"{vid}"',
                 "ts": f'"{draw(timestamps(ordinary))}"',
-                "received_at": f'"{draw(st.sampled_from(_RECEIVED))}"',
+                "received_at": f'"{draw(st.sampled_from(received))}"',
                 "signals": _signals(draw, ordinary),
             }
         order = list(_KEYS)
@@ -205,9 +218,9 @@ def test_the_kernel_writes_what_the_python_paths_write_or_says_none(blobs: list[
 @_SETTINGS
 @given(hours(ordinary=True))
 def test_the_kernel_takes_the_lines_the_worker_writes(blobs: list[bytes]) -> None:
-    """Not vacuous: on ordinary lines (ints within 2**53, floats below 1e300, Z timestamps,
-    ids without escapes, copies that are identical or received at another instant) the kernel
-    answers, and answers the same bytes."""
+    """Not vacuous: on ordinary lines (ints within int64, floats below 1e300, timestamps with Z
+    or an offset, ids without escapes, copies that are identical or received at another
+    instant) the kernel answers, and answers the same bytes."""
     got = kernel_path(blobs)
     assert got is not None
     assert got == python_path(blobs)
