@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from telemetry.adapters.filesystem import FilesystemStorage
-from telemetry.domain import lake
+from telemetry.domain import aggregation, lake
 from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.readings import Record, encode_record
 from telemetry.entrypoints import aggregate_jobs, cli
@@ -55,9 +55,20 @@ def _serial(storage: FilesystemStorage, hours: int) -> dict[str, bytes]:
     return out
 
 
+@pytest.fixture(params=["compiled", "python"])
+def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """With the compiled kernel, an hour it settles is not split; without it (as where it is not
+    built), the split over processes runs. Processes are forked: they inherit the setting."""
+    if request.param == "python":
+        monkeypatch.setattr(aggregation, "hour_kernel", None)
+    elif aggregation.hour_kernel is None:
+        pytest.skip("telemetry._hourscan is not built")
+    return str(request.param)
+
+
 @pytest.mark.parametrize(("hours", "files", "jobs"), [(3, 4, 2), (1, 4, 2), (1, 5, 3), (2, 3, 3)])
 def test_parallel_runs_write_what_one_process_writes(
-    tmp_path: Path, hours: int, files: int, jobs: int
+    tmp_path: Path, hours: int, files: int, jobs: int, kernel: str
 ) -> None:
     storage = _write_lake(tmp_path, hours, files)
     expected = _serial(storage, hours)
@@ -69,7 +80,7 @@ def test_parallel_runs_write_what_one_process_writes(
     assert service.changed(aggregate_jobs.runner(lambda: AggregateHours(storage), jobs)) == []
 
 
-def test_file_order_does_not_change_the_split(tmp_path: Path) -> None:
+def test_file_order_does_not_change_the_split(tmp_path: Path, kernel: str) -> None:
     storage = _write_lake(tmp_path, 1, 5)
     expected = _serial(storage, 1)[lake.aggregate_key(HOUR)]
     service = AggregateHours(storage)
@@ -79,7 +90,26 @@ def test_file_order_does_not_change_the_split(tmp_path: Path) -> None:
         assert storage.get(lake.aggregate_key(HOUR)) == expected
 
 
-def test_a_bad_file_fails_the_hour_as_in_one_process(tmp_path: Path) -> None:
+def test_an_hour_the_kernel_settles_is_not_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if aggregation.hour_kernel is None:
+        pytest.skip("telemetry._hourscan is not built")
+    storage = _write_lake(tmp_path, 1, 4)
+    expected = _serial(storage, 1)[lake.aggregate_key(HOUR)]
+
+    def no_process(method: str | None = None) -> None:
+        raise AssertionError("the hour was split over processes")
+
+    monkeypatch.setattr(aggregate_jobs.multiprocessing, "get_context", no_process)
+    service = AggregateHours(storage)
+    result = aggregate_jobs.split_hour(service, lambda: AggregateHours(storage), HOUR,
+                                       service.hour_keys(HOUR), 2)
+    assert storage.get(lake.aggregate_key(HOUR)) == expected
+    assert (result.files, result.from_partials) == (4, 0)
+
+
+def test_a_bad_file_fails_the_hour_as_in_one_process(tmp_path: Path, kernel: str) -> None:
     storage = _write_lake(tmp_path, 1, 3)
     storage.put(lake.raw_key(HOUR, "bad", False), b'{"reading_id": 1}\n')
     service = AggregateHours(storage)
