@@ -261,6 +261,10 @@ typedef struct {
     Vec hint;           /* uint32: name index seen last at each position of `signals` */
     Vec stamp;          /* uint32 per name: the last line that had it */
     uint32_t line_no;
+    /* Only the vehicles of one part (a hash of the id modulo `parts`) are aggregated: parts
+     * share no identity, so processes can take one each and their results only add up. */
+    uint64_t part, parts;
+    Vec mine;           /* uint8 per vehicle: of this part */
 } Scan;
 
 #define FAIL NULL
@@ -750,6 +754,16 @@ parse_line(Scan *sc, const char *p, const char *line_end)
                     if (idx < 0) {
                         return -1;
                     }
+                    if ((size_t)idx == sc->mine.len) {
+                        uint8_t *m = vec_push(&sc->mine);
+                        if (m == NULL) {
+                            return -1;
+                        }
+                        *m = VEC_AT(sc->vehicles.keys, Key, idx).h % sc->parts == sc->part;
+                    }
+                    if (!VEC_AT(sc->mine, uint8_t, idx)) {
+                        return 2;  /* another part's: that part checks the rest of the line */
+                    }
                     ln.vehicle = (uint32_t)idx;
                 }
             }
@@ -1023,6 +1037,7 @@ scan_free(Scan *sc)
     vec_keep(&sc->vals, &kept.vals);
     PyMem_Free(sc->hint.data);
     PyMem_Free(sc->stamp.data);
+    PyMem_Free(sc->mine.data);
 }
 
 /* Result of `aggregate` below; NULL with an exception set, or Py_None. */
@@ -1187,8 +1202,17 @@ done:
 }
 
 static PyObject *
-aggregate_hour(PyObject *self, PyObject *arg)
+aggregate_hour(PyObject *self, PyObject *args)
 {
+    PyObject *arg;
+    Py_ssize_t part = 0, parts = 1;
+    if (!PyArg_ParseTuple(args, "O|nn:aggregate_hour", &arg, &part, &parts)) {
+        return NULL;
+    }
+    if (parts < 1 || part < 0 || part >= parts) {
+        PyErr_SetString(PyExc_ValueError, "aggregate_hour(): part must be in range(parts)");
+        return NULL;
+    }
     if (!PyList_Check(arg)) {
         PyErr_SetString(PyExc_TypeError, "aggregate_hour() takes a list of bytes");
         return NULL;
@@ -1214,6 +1238,9 @@ aggregate_hour(PyObject *self, PyObject *arg)
     kept.busy = 1;
     vec_init(&sc.hint, sizeof(uint32_t));
     vec_init(&sc.stamp, sizeof(uint32_t));
+    vec_init(&sc.mine, sizeof(uint8_t));
+    sc.part = (uint64_t)part;
+    sc.parts = (uint64_t)parts;
     PyObject *result = NULL;
     if (intern_init(&sc.vehicles) < 0 || intern_init(&sc.names) < 0) {
         PyErr_NoMemory();
@@ -1232,7 +1259,7 @@ aggregate_hour(PyObject *self, PyObject *arg)
                     PyErr_NoMemory();
                     goto done;
                 }
-                if (r > 0 || sc.lines.len >= UINT32_MAX - 1) {
+                if (r == 1 || sc.lines.len >= UINT32_MAX - 1) {
                     result = Py_NewRef(Py_None);
                     goto done;
                 }
@@ -1250,6 +1277,20 @@ done:
     return result;
 }
 
+/* A forked child drops the kept arrays: writing into them would copy every page of the
+ * parent's, which costs more than fresh memory. */
+static PyObject *
+forget(PyObject *self, PyObject *args)
+{
+    if (!kept.busy) {
+        PyMem_Free(kept.lines.data);
+        PyMem_Free(kept.vals.data);
+        vec_init(&kept.lines, sizeof(Line));
+        vec_init(&kept.vals, sizeof(Val));
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 probe(PyObject *self, PyObject *args)
 {
@@ -1258,9 +1299,11 @@ probe(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"probe", probe, METH_NOARGS, "1"},
-    {"aggregate_hour", aggregate_hour, METH_O,
-     "aggregate_hour(blobs) -> (lines, [(vehicle_id, readings, first_us, last_us, "
-     "[(name, count, min, max, fsum)])]) or None when Python must decide"},
+    {"forget", forget, METH_NOARGS, "drop the arrays kept between calls"},
+    {"aggregate_hour", aggregate_hour, METH_VARARGS,
+     "aggregate_hour(blobs, part=0, parts=1) -> (lines, [(vehicle_id, readings, first_us, "
+     "last_us, [(name, count, min, max, fsum)])]) or None when Python must decide; the lines "
+     "and vehicles of one part of the vehicles only"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1270,5 +1313,25 @@ PyMODINIT_FUNC
 PyInit__hourscan(void)
 {
     init_tables();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) {
+        return NULL;
+    }
+    /* os.register_at_fork(after_in_child=forget), where there is fork */
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *reg = os ? PyObject_GetAttrString(os, "register_at_fork") : NULL;
+    PyObject *fn = reg ? PyObject_GetAttrString(m, "forget") : NULL;
+    PyObject *kw = fn ? Py_BuildValue("{sO}", "after_in_child", fn) : NULL;
+    PyObject *noargs = kw ? PyTuple_New(0) : NULL;
+    PyObject *done = noargs ? PyObject_Call(reg, noargs, kw) : NULL;
+    if (done == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(done);
+    Py_XDECREF(noargs);
+    Py_XDECREF(kw);
+    Py_XDECREF(fn);
+    Py_XDECREF(reg);
+    Py_XDECREF(os);
+    return m;
 }

@@ -90,7 +90,7 @@ def test_file_order_does_not_change_the_split(tmp_path: Path, kernel: str) -> No
         assert storage.get(lake.aggregate_key(HOUR)) == expected
 
 
-def test_an_hour_the_kernel_settles_is_not_split(
+def test_an_hour_the_kernel_settles_is_split_by_vehicle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if aggregation.hour_kernel is None:
@@ -98,15 +98,16 @@ def test_an_hour_the_kernel_settles_is_not_split(
     storage = _write_lake(tmp_path, 1, 4)
     expected = _serial(storage, 1)[lake.aggregate_key(HOUR)]
 
-    def no_process(method: str | None = None) -> None:
-        raise AssertionError("the hour was split over processes")
+    def no_file_split(*_: object) -> None:
+        raise AssertionError("the hour's files were split over processes")
 
-    monkeypatch.setattr(aggregate_jobs.multiprocessing, "get_context", no_process)
+    monkeypatch.setattr(aggregate_jobs, "shared_ids", no_file_split)
     service = AggregateHours(storage)
-    result = aggregate_jobs.split_hour(service, lambda: AggregateHours(storage), HOUR,
-                                       service.hour_keys(HOUR), 2)
-    assert storage.get(lake.aggregate_key(HOUR)) == expected
-    assert (result.files, result.from_partials) == (4, 0)
+    for jobs in (2, 3):
+        result = aggregate_jobs.split_hour(service, lambda: AggregateHours(storage), HOUR,
+                                           service.hour_keys(HOUR), jobs)
+        assert storage.get(lake.aggregate_key(HOUR)) == expected
+        assert (result.files, result.from_partials) == (4, 0)
 
 
 def test_a_bad_file_fails_the_hour_as_in_one_process(tmp_path: Path, kernel: str) -> None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from telemetry.adapters.memory import MemoryStorage
 from telemetry.domain import aggregation, lake
 from telemetry.domain.aggregate import AggregateHours
-from telemetry.domain.aggregation import aggregate_raw
+from telemetry.domain.aggregation import aggregate_raw, aggregate_scans, scan_raw
 from tests.strategies import HOUR, finite_floats
 
 try:
@@ -56,6 +56,16 @@ def python_path(blobs: list[bytes]) -> tuple[int, bytes] | None:
 def kernel_path(blobs: list[bytes]) -> tuple[int, bytes] | None:
     got = aggregate_raw(HOUR, blobs)
     return None if got is None else (got[0], got[1].encode())
+
+
+def kernel_parts(blobs: list[bytes], parts: int) -> tuple[int, bytes] | None:
+    """The kernel over `parts` parts of the vehicles, added up (as processes split an hour)."""
+    scans = [scan_raw(blobs, part, parts) for part in range(parts)]
+    done = [s for s in scans if s is not None]
+    if len(done) < parts:
+        return None
+    raw, agg = aggregate_scans(HOUR, done)
+    return raw, agg.encode()
 
 
 # ---------------------------------------------------------------- raw lines, spelled by hand
@@ -208,11 +218,11 @@ _SETTINGS = settings(max_examples=400, deadline=None,
           b'"received_at":"2026-11-29T02:00:00Z","signals":{"x":1,"x":2.5}}\n'])
 def test_the_kernel_writes_what_the_python_paths_write_or_says_none(blobs: list[bytes]) -> None:
     expected = python_path(blobs)
-    got = kernel_path(blobs)
-    if expected is None:
-        assert got is None
-    elif got is not None:
-        assert got == expected
+    for got in (kernel_path(blobs), kernel_parts(blobs, 2), kernel_parts(blobs, 3)):
+        if expected is None:
+            assert got is None
+        elif got is not None:
+            assert got == expected
 
 
 @_SETTINGS
@@ -224,6 +234,7 @@ def test_the_kernel_takes_the_lines_the_worker_writes(blobs: list[bytes]) -> Non
     got = kernel_path(blobs)
     assert got is not None
     assert got == python_path(blobs)
+    assert kernel_parts(blobs, 2) == got
 
 
 def _mutations(data: bytes, rng: random.Random) -> Iterator[bytes]:
@@ -244,18 +255,25 @@ def test_broken_lines_give_none_or_the_python_answer(
 ) -> None:
     for broken in _mutations(blobs[0], rng):
         expected = python_path([broken])
-        got = kernel_path([broken])
-        if expected is None:
-            assert got is None
-        elif got is not None:
-            assert got == expected
+        for got in (kernel_path([broken]), kernel_parts([broken], 2)):
+            if expected is None:
+                assert got is None
+            elif got is not None:
+                assert got == expected
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.binary(max_size=300), max_size=3))
-def test_garbage_never_crashes_the_kernel(blobs: list[bytes]) -> None:
-    got = _hourscan.aggregate_hour(blobs)
-    assert got is None or isinstance(got, tuple)
+@given(st.lists(st.binary(max_size=300), max_size=3), st.integers(1, 3))
+def test_garbage_never_crashes_the_kernel(blobs: list[bytes], parts: int) -> None:
+    for part in range(parts):
+        got = _hourscan.aggregate_hour(blobs, part, parts)
+        assert got is None or isinstance(got, tuple)
+
+
+def test_parts_must_be_a_split() -> None:
+    for part, parts in ((0, 0), (2, 2), (-1, 2)):
+        with pytest.raises(ValueError, match="range"):
+            _hourscan.aggregate_hour([b""], part, parts)
 
 
 def test_it_refuses_what_is_not_a_list_of_bytes() -> None:
@@ -311,9 +329,9 @@ def test_the_kernel_runs_in_the_use_case() -> None:
     kernel = aggregation.hour_kernel
     assert kernel is not None
 
-    def counted(blobs: list[bytes]) -> Any:
+    def counted(blobs: list[bytes], part: int, parts: int) -> Any:
         calls.append(len(blobs))
-        return kernel(blobs)
+        return kernel(blobs, part, parts)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(aggregation, "hour_kernel", counted)

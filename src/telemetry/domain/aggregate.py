@@ -78,7 +78,7 @@ class AggregateHours:
         fast = self._from_partials(hour, keys, covered)
         if fast is not None:
             return fast
-        contents = [read_raw(self.storage, k) for k in keys]
+        contents = self.contents(keys)
         native = aggregate_raw(hour, contents)
         if native is not None:
             return native[0], native[1], 0
@@ -89,15 +89,9 @@ class AggregateHours:
             return len(raw), aggregate(hour, dedupe(raw)), 0
         return hour_slice.raw, agg, 0
 
-    def native_hour(self, hour: datetime, keys: Sequence[str]) -> AggregateResult | None:
-        """Aggregate and write `hour` by the compiled kernel alone, from every file decoded (no
-        partials looked at); None, nothing written, when it is not built or leaves these files
-        to the Python paths. For a caller that would otherwise split the hour over processes:
-        the kernel in one process is quicker than the Python paths in several."""
-        native = aggregate_raw(hour, [read_raw(self.storage, k) for k in keys])
-        if native is None:
-            return None
-        return self.write(hour, len(keys), native[0], native[1])
+    def contents(self, keys: Sequence[str]) -> list[bytes]:
+        """The raw files' lines (gzip files decompressed), for the compiled kernel."""
+        return [read_raw(self.storage, k) for k in keys]
 
     def partials(self, hour: datetime, keys: Sequence[str]) -> Covered:
         """Raw key -> its envelopes' partials, for the raw files of `keys` that have them. An

@@ -587,32 +587,46 @@ _lean_encoder = msgspec.json.Encoder()
 # `telemetry._hourscan.aggregate_hour` scans an hour's raw files in C and computes what
 # `aggregate_lean` does over them (statistics of one pass, see `SignalStats.final`), for the
 # lines the worker writes; on anything else it answers None and the paths above take the hour.
-# Tests set `hour_kernel` to None to run those paths alone.
+# It can take one part of the vehicles only (a hash of the id): parts share no reading
+# identity, so parts scanned in several processes add up to the hour. Tests set `hour_kernel`
+# to None to run the Python paths alone.
 
 _KernelSignal = tuple[str, int, Num, Num, float]  # name, count, min, max, fsum
 _KernelVehicle = tuple[str, int, int, int, list[_KernelSignal]]  # first, last: epoch us
-HourKernel = Callable[[list[bytes]], tuple[int, list[_KernelVehicle]] | None]
+KernelScan = tuple[int, list[_KernelVehicle]]
+"""Raw lines and per-vehicle statistics of one part of an hour, as the kernel returns them."""
+HourKernel = Callable[[list[bytes], int, int], KernelScan | None]
 hour_kernel: HourKernel | None = _aggregate_hour
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def aggregate_raw(hour: datetime, blobs: list[bytes]) -> tuple[int, HourAggregate] | None:
-    """The raw line count and aggregate of an hour's raw file contents (gunzipped), as
-    `aggregate_lean` over their lean records; None when the compiled kernel is not built or
-    leaves these lines to the Python paths."""
+def scan_raw(blobs: list[bytes], part: int = 0, parts: int = 1) -> KernelScan | None:
+    """The kernel's scan of an hour's raw file contents (gunzipped), for the vehicles of
+    `part` of `parts`; None when it is not built or leaves these lines to the Python paths."""
     if hour_kernel is None:
         return None
-    scanned = hour_kernel(blobs)
-    if scanned is None:
-        return None
-    lines, vehicles = scanned
+    return hour_kernel(blobs, part, parts)
+
+
+def aggregate_scans(hour: datetime, scans: Iterable[KernelScan]) -> tuple[int, HourAggregate]:
+    """The raw line count and aggregate of an hour from the scans of all its parts."""
     out = HourAggregate(hour)
-    for vid, readings, first_us, last_us, signals in vehicles:
-        out.vehicles[vid] = VehicleHour(
-            readings,
-            _EPOCH + timedelta(microseconds=first_us),
-            _EPOCH + timedelta(microseconds=last_us),
-            {name: SignalStats(n, lo, hi, None, None, total)
-             for name, n, lo, hi, total in signals},
-        )
+    lines = 0
+    for raw, vehicles in scans:
+        lines += raw
+        for vid, readings, first_us, last_us, signals in vehicles:
+            out.vehicles[vid] = VehicleHour(
+                readings,
+                _EPOCH + timedelta(microseconds=first_us),
+                _EPOCH + timedelta(microseconds=last_us),
+                {name: SignalStats(n, lo, hi, None, None, total)
+                 for name, n, lo, hi, total in signals},
+            )
     return lines, out
+
+
+def aggregate_raw(hour: datetime, blobs: list[bytes]) -> tuple[int, HourAggregate] | None:
+    """The raw line count and aggregate of an hour's raw file contents, as `aggregate_lean`
+    over their lean records; None when the kernel is not built or leaves them to Python."""
+    scan = scan_raw(blobs)
+    return None if scan is None else aggregate_scans(hour, [scan])

@@ -3,8 +3,8 @@
 Aggregation is CPU-bound Python, so threads would not help. With at least as many hours as
 jobs, each process takes whole hours. With fewer, an hour's files are split over the processes
 and the partial results merged (`HourSlice`, `combine_slices`), so a single-hour lake uses every
-core too; unless the compiled kernel settles the hour, which in one process is quicker than the
-Python paths in several. Either way the result is byte for byte the one of a single process.
+core too; where the compiled kernel settles the hour, the processes split its vehicles instead,
+each scanning every file. Either way the result is byte for byte the one of a single process.
 
 Processes are forked: each makes its own service (storage client) with `make_service`, which is
 inherited, not pickled.
@@ -22,6 +22,7 @@ from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
+from telemetry.domain import aggregation
 from telemetry.domain.aggregate import AggregateHours, AggregateResult, Todo
 from telemetry.domain.hour_slices import SliceResult, fingerprint_salt, shared_ids
 from telemetry.entrypoints.progress import Progress
@@ -159,8 +160,8 @@ def split_hour(
     covered = service.partials(hour, keys)
     if len(covered) == len(keys):
         return service.hour(hour, keys, covered)
-    if not covered:  # the compiled kernel, where it settles the hour, beats a split
-        done = service.native_hour(hour, keys)
+    if not covered and aggregation.hour_kernel is not None:
+        done = _kernel_split(service, hour, keys, jobs)
         if done is not None:
             return done
     ctx = multiprocessing.get_context("fork")
@@ -196,6 +197,54 @@ def split_hour(
         return service.hour(hour, keys)
     parts: list[SliceResult | None] = results
     return service.hour_from_slices(hour, keys, parts)
+
+
+def _kernel_part(
+    conn: Connection, inherited: list[Connection], contents: list[bytes], part: int,
+    parts: int,
+) -> None:
+    for c in inherited:
+        c.close()
+    try:
+        conn.send(aggregation.scan_raw(contents, part, parts))
+    except BaseException as exc:
+        with suppress(OSError):
+            conn.send(exc)
+    finally:
+        conn.close()
+
+
+def _kernel_split(
+    service: AggregateHours, hour: datetime, keys: list[str], jobs: int
+) -> AggregateResult | None:
+    """One hour by the compiled kernel, its vehicles split over `jobs` processes (each scans
+    every file, aggregating its own vehicles: no reading identity is in two parts, so the parts
+    only add up); None when the kernel leaves the hour to the Python paths."""
+    contents = service.contents(keys)  # read once; the forks share the pages
+    ctx = multiprocessing.get_context("fork")
+    procs: list[tuple[Any, Connection]] = []
+    try:
+        for part in range(1, jobs):
+            mine, theirs = ctx.Pipe()
+            inherited = [c for _, c in procs] + [mine]
+            p = ctx.Process(target=_kernel_part,
+                            args=(theirs, inherited, contents, part, jobs), daemon=True)
+            p.start()
+            theirs.close()
+            procs.append((p, mine))
+        scans = [aggregation.scan_raw(contents, 0, jobs)]  # part 0 here, meanwhile
+        scans += [_received(conn) for _, conn in procs]
+    finally:
+        for p, conn in procs:
+            conn.close()
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    if any(s is None for s in scans) or _failed(scans):
+        return None
+    raw, agg = aggregation.aggregate_scans(hour, scans)
+    return service.write(hour, len(keys), raw, agg)
 
 
 def _failed(received: list[Any]) -> bool:
