@@ -232,7 +232,7 @@ def _kernel_split(
             p.start()
             theirs.close()
             procs.append((p, mine))
-        scans = [aggregation.scan_raw(contents, 0, jobs)]  # part 0 here, meanwhile
+        scans: list[Any] = [aggregation.scan_raw(contents, 0, jobs)]  # part 0 here, meanwhile
         scans += [_received(conn) for _, conn in procs]
     finally:
         for p, conn in procs:
