@@ -677,7 +677,8 @@ signals(Scan *sc, const char **pp, Line *ln)
     return 0;
 }
 
-/* One line, from '{' to its end (exclusive). 0, 1 (not ours) or -1 (memory). */
+/* One line, from '{' to its end (exclusive): 0 (kept), 1 (not a line this scanner takes),
+ * 2 (another part's vehicle) or -1 (memory). */
 static int
 parse_line(Scan *sc, const char *p, const char *line_end)
 {
