@@ -1,7 +1,8 @@
-"""`telemetry._ingestcore` is declared here rather than in pyproject.toml: it links OpenSSL's
-libcrypto for SHA-256 when the headers and the library are there, and uses its own portable
-SHA-256 otherwise (TELEMETRY_SHA256=portable forces that). Like every kernel it is optional:
-without a C compiler the install goes on without it."""
+"""The compiled kernels (ADR 0012), declared here rather than in pyproject.toml because
+`telemetry._ingestcore` links OpenSSL's libcrypto for SHA-256 when the headers and the library
+are there, and uses its own portable SHA-256 otherwise (TELEMETRY_SHA256=portable forces that).
+Every kernel is optional: without a C compiler the install goes on without them, and the
+pure-Python paths, which write the same bytes, run instead."""
 
 import os
 import shlex
@@ -40,10 +41,13 @@ def _have_libcrypto() -> bool:
 
 
 _openssl = _have_libcrypto()
-setup(ext_modules=[Extension(
-    "telemetry._ingestcore",
-    sources=["src/telemetry/_ingestcore.c"],
-    define_macros=[("TELEMETRY_OPENSSL", "1")] if _openssl else [],
-    libraries=["crypto"] if _openssl else [],
-    optional=True,
-)])
+setup(ext_modules=[
+    Extension(
+        "telemetry._ingestcore",
+        sources=["src/telemetry/_ingestcore.c"],
+        define_macros=[("TELEMETRY_OPENSSL", "1")] if _openssl else [],
+        libraries=["crypto"] if _openssl else [],
+        optional=True,
+    ),
+    Extension("telemetry._hourscan", sources=["src/telemetry/_hourscan.c"], optional=True),
+])
