@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from telemetry.domain.readings import Record, encode_record, schema_doc
+from telemetry.domain.readings import Record, Timestamp, encode_record, schema_doc
 
 try:
     from telemetry._hourscan import aggregate_hour as _aggregate_hour
@@ -415,8 +415,8 @@ def _lean_line_type(names: tuple[str, ...]) -> type:
         [
             ("reading_id", str),
             ("vehicle_id", str),
-            ("ts", datetime),
-            ("received_at", datetime),
+            ("ts", Timestamp),
+            ("received_at", Timestamp),
             ("signals", signals),
         ],
         gc=False,

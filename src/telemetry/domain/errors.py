@@ -21,6 +21,10 @@ class NotFound(TelemetryError):
     """A key that was asked for is not in storage."""
 
 
+class CorruptRawFile(TelemetryError, ValueError):
+    """A raw lake file that is not lines of records; the message names it and says why."""
+
+
 class PoisonMessage(TelemetryError):
     """A queue message that cannot be decoded: it is left to dead-letter."""
 

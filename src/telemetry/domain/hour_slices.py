@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from telemetry.domain.aggregation import HourAggregate, Identity, RawDecoder, aggregate_lean
+from telemetry.domain.errors import CorruptRawFile
 from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record
 
@@ -28,18 +29,18 @@ def read_raw(storage: Storage, key: str) -> bytes:
 
 
 def read_records(storage: Storage, key: str) -> list[Record]:
-    """A raw file's lines as `Record`s; ValueError naming the file when it is not one."""
+    """A raw file's lines as `Record`s; CorruptRawFile naming the file when it is not one."""
     try:
         return _records_decoder.decode_lines(read_raw(storage, key))
     except msgspec.DecodeError as exc:
-        raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
+        raise CorruptRawFile(f"{key}: not a raw lake file: {exc}") from exc
 
 
 def _decode_raw(decoder: RawDecoder, key: str, data: bytes) -> list[Any]:
     try:
         return decoder.decode(data)
     except msgspec.DecodeError as exc:
-        raise ValueError(f"{key}: not a raw lake file: {exc}") from exc
+        raise CorruptRawFile(f"{key}: not a raw lake file: {exc}") from exc
 
 
 class HourSlice:

@@ -176,9 +176,10 @@ class Record(msgspec.Struct, frozen=True):
     vehicle_id: Annotated[str, schema_doc(
         "the vehicle", pattern=VEHICLE_ID_PATTERN.replace("(?!\\n)", ""),
         minLength=1, maxLength=64)]
-    ts: Annotated[datetime, schema_doc(
+    # A time without a zone is refused on decode: it cannot be ordered against the others.
+    ts: Annotated[datetime, msgspec.Meta(tz=True), schema_doc(
         "event time on the vehicle, RFC 3339 in UTC with a Z", format="date-time")]
-    received_at: Annotated[datetime, schema_doc(
+    received_at: Annotated[datetime, msgspec.Meta(tz=True), schema_doc(
         "when ingest accepted the reading, RFC 3339 in UTC with a Z", format="date-time")]
     signals: Annotated[dict[str, bool | int | float | str], schema_doc(
         "signal name (VSS style) -> finite number, bool, or string of at most 256 characters",

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from telemetry.domain.errors import CorruptRawFile, StorageUnavailable
 from telemetry.domain.lake import format_hour, parse_hour
 from telemetry.entrypoints.cli.common import Invocation
 from telemetry.entrypoints.container import Container, check_backends
@@ -46,6 +47,15 @@ def per_process(container: Container, build: Callable[[Container], T]) -> Callab
 
 
 def run(args: argparse.Namespace, inv: Invocation) -> int:
+    try:
+        return _run(args, inv)
+    except (CorruptRawFile, StorageUnavailable) as exc:
+        # Hours done before it are written and recorded: a run after the fix goes on from there.
+        print(f"telemetry aggregate: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, inv: Invocation) -> int:
     from telemetry.entrypoints import aggregate_jobs
 
     jobs = aggregate_jobs.default_jobs() if args.jobs is None else args.jobs
