@@ -73,10 +73,11 @@ class Pipeline:
         self.env["TELEMETRY_OPS_PORT"] = str(ops)
         return port
 
-    def serve(self, *args: str, crash_at: str | None = None) -> subprocess.Popen[bytes]:
+    def serve(self, *args: str, crash_at: str | None = None, timeout: float = 30
+              ) -> subprocess.Popen[bytes]:
         port = self.use_ports()
         p = self.start("serve", "--port", str(port), *args, log_name="serve", crash_at=crash_at)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert p.poll() is None, self.log("serve")
             try:

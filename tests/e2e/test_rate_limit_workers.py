@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 
 import httpx
@@ -18,18 +17,7 @@ def test_the_processes_of_serve_share_each_keys_bucket(pipeline: Pipeline) -> No
     pipeline.env["TELEMETRY_RATE_BURST"] = "5"
     pipeline.env["TELEMETRY_RATE_LIMIT"] = "0.001"  # no refill within the test
     key = pipeline.create_key()
-    port = pipeline.use_ports()
-    serve = pipeline.start("serve", "--port", str(port), "--workers", "2", log_name="serve")
-    deadline = time.monotonic() + 60
-    while True:
-        assert serve.poll() is None, pipeline.log("serve")
-        try:
-            if httpx.get(pipeline.url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, pipeline.log("serve")
-        time.sleep(0.2)
+    serve = pipeline.serve("--workers", "2", timeout=60)
     now = datetime.now(UTC).isoformat()
     statuses = []
     for i in range(30):  # new connections: the kernel spreads them over both processes

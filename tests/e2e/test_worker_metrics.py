@@ -111,18 +111,8 @@ def test_ingest_metrics_sum_over_its_processes(pipeline: Pipeline) -> None:
     """`serve --workers 2` shares one port: whichever process answers a scrape, it counts the
     requests of both."""
     key = pipeline.create_key()
-    port = pipeline.use_ports()  # both processes bind the operations port too (SO_REUSEPORT)
-    serve = pipeline.start("serve", "--port", str(port), "--workers", "2", log_name="serve")
-    deadline = time.monotonic() + 60
-    while True:
-        assert serve.poll() is None, pipeline.log("serve")
-        try:
-            if httpx.get(pipeline.url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, pipeline.log("serve")
-        time.sleep(0.2)
+    # both processes bind the operations port too (SO_REUSEPORT)
+    serve = pipeline.serve("--workers", "2", timeout=60)
     now = datetime.now(UTC).isoformat()
     pids: set[str] = set()
     for i in range(40):  # new connections: the kernel spreads them over both processes

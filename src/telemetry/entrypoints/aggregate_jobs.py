@@ -187,12 +187,7 @@ def split_hour(
         if shared is not None:
             results = [_received(conn) for _, conn in procs]
     finally:
-        for p, conn in procs:
-            conn.close()
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
-                p.join()
+        _reap(procs)
     if not results or _failed(results):  # the error, if any, raised here as in one process
         return service.hour(hour, keys)
     parts: list[SliceResult | None] = results
@@ -235,16 +230,21 @@ def _kernel_split(
         scans: list[Any] = [aggregation.scan_raw(contents, 0, jobs)]  # part 0 here, meanwhile
         scans += [_received(conn) for _, conn in procs]
     finally:
-        for p, conn in procs:
-            conn.close()
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
-                p.join()
+        _reap(procs)
     if any(s is None for s in scans) or _failed(scans):
         return None
     raw, agg = aggregation.aggregate_scans(hour, scans)
     return service.write(hour, len(keys), raw, agg)
+
+
+def _reap(procs: list[tuple[Any, Connection]]) -> None:
+    """Close the parent's ends of the pipes and wait for the parts (stopping any that hang)."""
+    for p, conn in procs:
+        conn.close()
+        p.join(10)
+        if p.is_alive():
+            p.terminate()
+            p.join()
 
 
 def _failed(received: list[Any]) -> bool:
