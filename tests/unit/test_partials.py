@@ -11,6 +11,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from telemetry.domain.errors import StorageUnavailable
 from telemetry.domain.partials import (
     MIN_READINGS_PER_VEHICLE,
     decode_partials,
+    distinct_partials,
     file_line,
     merge_partials,
     partial_line,
@@ -123,6 +125,41 @@ def test_a_partial_is_the_one_envelope_statistics() -> None:
     assert (v.count, v.min, v.max, sum(v.sum)) == (2, 1, 2.5, 3.5)
     agg = merge_partials(HOUR, [p, p])  # the caller keeps duplicates out; counts just add
     assert agg.vehicles["car-1"].readings == 4 and agg.vehicles["car-1"].signals["v"].mean == 1.75
+
+
+def _raw(records: list[Record], derived: bool = True) -> msgspec.Raw:
+    line = partial_line(records, derived, min_per_vehicle=1)
+    assert line is not None
+    return msgspec.Raw(line.rstrip(b"\n"))
+
+
+def test_distinct_partials_drop_twins_of_derived_ids_and_refuse_any_other_repeat() -> None:
+    t = datetime(2026, 11, 29, 1, 30, tzinfo=UTC)
+
+    def rec(rid: str, vid: str = "car-1", v: int = 1) -> Record:
+        return Record(rid, vid, t, t, {"v": v})
+
+    a = _raw([rec("a"), rec("b")])
+    twin = msgspec.Raw(bytes(a))  # another object, the same bytes
+    kept = distinct_partials([a, _raw([rec("c")]), twin, twin])
+    assert kept is not None and len(kept.partials) == 2 and kept.lines == 7
+    assert kept.ids == {"car-1": {"a", "b", "c"}}
+    # The same reading id under another vehicle is another reading.
+    other = distinct_partials([a, _raw([rec("a", "car-2")])])
+    assert other is not None and other.ids == {"car-1": {"a", "b"}, "car-2": {"a"}}
+    refused = {
+        "twins of client ids": [_raw([rec("a")], False), _raw([rec("a")], False)],
+        "one id twice in an envelope": [_raw([rec("a"), rec("a")])],
+        "a repeat in an envelope that differs": [a, _raw([rec("b"), rec("d")])],
+        # a differing envelope with the same first identity, then a true twin of the first
+        "the same first identity": [a, _raw([rec("a", v=2)]), twin],
+    }
+    for case, envelopes in refused.items():
+        assert distinct_partials(envelopes) is None, case
+    # The rest of the hour, decoded from its lines, is checked against the partials' ids.
+    assert kept.add([("car-2", "a"), ("car-1", "d")])
+    assert not kept.add([("car-1", "a")])
+    assert not kept.add([("car-3", "x"), ("car-3", "x")])
 
 
 def test_a_file_line_is_the_documented_json() -> None:

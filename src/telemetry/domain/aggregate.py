@@ -18,7 +18,7 @@ from telemetry.domain.hour_slices import (
     read_raw,
     read_records,
 )
-from telemetry.domain.partials import distinct_partials, ids_of, merge_partials, read_partials
+from telemetry.domain.partials import distinct_partials, merge_partials, read_partials
 from telemetry.domain.ports.storage import Storage
 from telemetry.domain.readings import Record
 
@@ -123,16 +123,14 @@ class AggregateHours:
             return None
         if distinct is None:
             return None
-        partials, lines = distinct
-        ids = ids_of(partials)
+        lines = distinct.lines
         rest = [k for k in keys if k not in covered]
         hour_slice = HourSlice(self.storage, rest) if rest else None
         if hour_slice is not None:
-            ids.extend(hour_slice.ids())
             lines += hour_slice.raw
-            if len(set(ids)) < len(ids):
+            if not distinct.add(hour_slice.ids()):
                 return None
-        agg = merge_partials(hour, partials)
+        agg = merge_partials(hour, distinct.partials)
         if hour_slice is not None:
             lean = hour_slice.aggregate(hour, mergeable=True)
             if lean is None:

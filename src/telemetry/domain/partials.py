@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -153,36 +153,74 @@ def read_partials(data: bytes, keys: Collection[str]) -> dict[str, list[msgspec.
     return {f.file: f.envelopes for f in _file_decoder.decode_lines(data) if f.file in keys}
 
 
-def distinct_partials(envelopes: Iterable[msgspec.Raw]) -> tuple[list[EnvelopePartial], int] | None:
+class Distinct(NamedTuple):
+    """Envelope partials distinct by reading identity, with what the caller checks the rest of
+    the hour against."""
+
+    partials: list[EnvelopePartial]
+    lines: int  # raw lines they stand for, both copies of a dropped twin
+    ids: dict[str, set[str]]  # vehicle_id -> the reading ids behind `partials`
+
+    def add(self, identities: Iterable[Identity]) -> bool:
+        """Add identities; False when one of them is there already."""
+        ids = self.ids
+        for vid, rid in identities:
+            mine = ids.get(vid)
+            if mine is None:
+                ids[vid] = {rid}
+            elif rid in mine:
+                return False
+            else:
+                mine.add(rid)
+        return True
+
+
+def distinct_partials(envelopes: Iterable[msgspec.Raw]) -> Distinct | None:
     """The envelopes' partials, one of each byte-identical pair whose ids were derived from
     content, and the number of lines they stand for (both of a pair); None when a reading
     identity still occurs twice (only the lines can settle it)."""
-    seen: dict[bytes, tuple[int, bool]] = {}  # partial -> (its readings, derived)
     partials: list[EnvelopePartial] = []
+    raws: list[msgspec.Raw] = []
+    # The first identity of each envelope -> its index. A twin has the first identity of the one
+    # it repeats; any other envelope that shares its first identity repeats a reading anyway.
+    # So only twins' bytes are ever compared, and no envelope's bytes are hashed.
+    firsts: dict[Identity, int] = {}
+    ids: dict[str, set[str]] = {}
     lines = 0
     for raw in envelopes:
-        key = bytes(raw)
-        known = seen.get(key)
-        if known is not None and known[1]:  # the same readings again
-            lines += known[0]
-            continue
         p = _decoder.decode(raw)
-        n = sum(len(vp.ids) for vp in p.vehicles.values())
-        seen[key] = (n, p.derived)
+        n = 0
+        first: Identity | None = None
+        for vid, vp in p.vehicles.items():
+            n += len(vp.ids)
+            if first is None and vp.ids:
+                first = (vid, vp.ids[0])
+        if first is not None:
+            known = firsts.get(first)
+            if known is not None and p.derived and raws[known] == raw:  # the same readings
+                lines += n
+                continue
+            firsts.setdefault(first, len(partials))
+        for vid, vp in p.vehicles.items():
+            mine = ids.get(vid)
+            if mine is None:
+                mine = ids[vid] = set(vp.ids)
+                if len(mine) < len(vp.ids):
+                    return None
+            else:
+                before = len(mine)
+                mine.update(vp.ids)
+                if len(mine) < before + len(vp.ids):
+                    return None
         lines += n
         partials.append(p)
-    ids = ids_of(partials)
-    return (partials, lines) if len(set(ids)) == len(ids) else None
+        raws.append(raw)
+    return Distinct(partials, lines, ids)
 
 
 def decode_partials(data: bytes) -> list[EnvelopePartial]:
     """Envelope partial lines; raises msgspec.DecodeError when they are not."""
     return _decoder.decode_lines(data)
-
-
-def ids_of(partials: Iterable[EnvelopePartial]) -> list[Identity]:
-    """The identities of the readings behind `partials`."""
-    return [(vid, rid) for p in partials for vid, vp in p.vehicles.items() for rid in vp.ids]
 
 
 def merge_partials(hour: datetime, partials: Iterable[EnvelopePartial]) -> HourAggregate:
@@ -219,9 +257,11 @@ def merge_partials(hour: datetime, partials: Iterable[EnvelopePartial]) -> HourA
 
 
 def _merged(parts: list[SignalPartial]) -> SignalStats:
+    # The expansions' parts are kept as the values (their exact sum is the sum of the
+    # readings): a written hour needs only their fsum, and a merge makes the expansion then.
     if len(parts) == 1:
         p = parts[0]
-        return SignalStats(p.count, p.min, p.max, tuple(p.sum))
+        return SignalStats(p.count, p.min, p.max, None, p.sum)
     mins = [p.min for p in parts]
     maxes = [p.max for p in parts]
     mixed = len(set(map(type, mins))) > 1 or len(set(map(type, maxes))) > 1
@@ -229,5 +269,6 @@ def _merged(parts: list[SignalPartial]) -> SignalStats:
         sum(p.count for p in parts),
         extreme(min, mins, mixed),
         extreme(max, maxes, mixed),
-        exact_sum([x for p in parts for x in p.sum]),
+        None,
+        list(chain.from_iterable(p.sum for p in parts)),
     )
