@@ -26,12 +26,12 @@ from bench.load import (
     BIN,
     create_key,
     drive,
-    free_port,
     request_bytes,
     start_serve,
     stop,
     telemetry_env,
 )
+from telemetry.entrypoints.loopback import free_port
 from telemetry.entrypoints.settings import Settings
 
 

@@ -56,7 +56,6 @@ from bench.load import (
     BIN,
     HOST,
     create_key,
-    free_port,
     request_bytes,
     stop,
     telemetry_env,
@@ -65,6 +64,7 @@ from bench.load import (
 from telemetry.domain.packing import unpack
 from telemetry.domain.simulation import Fleet, FleetConfig
 from telemetry.entrypoints.container import create_container
+from telemetry.entrypoints.loopback import free_port
 from telemetry.entrypoints.settings import load_settings
 
 RETRY_STATUSES = frozenset((429, 502, 503, 504))

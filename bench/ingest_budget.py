@@ -57,7 +57,7 @@ from bench.common import (
 from bench.common import (
     cpu_per_call as _cpu,
 )
-from bench.load import HOST, free_port, request_bytes, run_load, stop, wait_http
+from bench.load import HOST, request_bytes, run_load, stop, wait_http
 from telemetry.adapters.memory import MemoryApiKeyStore
 from telemetry.domain import readings as readings_module
 from telemetry.domain.api_keys import format_key, new_stored_key
@@ -71,6 +71,7 @@ from telemetry.entrypoints.http.app import create_apps
 from telemetry.entrypoints.http.openapi import AcceptedBody
 from telemetry.entrypoints.http.sender import Sender
 from telemetry.entrypoints.http.server import tune_gc
+from telemetry.entrypoints.loopback import free_port
 from telemetry.entrypoints.settings import Settings
 
 KERNEL = "prepare: ids, hours and lines (the kernel)"
@@ -106,7 +107,7 @@ def in_process(root: Path, bodies: list[bytes], calls: int) -> dict[str, float]:
     """CPU per request of the app called in process, and of each part of its handler, in us."""
     data = root / "inproc"
     shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
+    data.mkdir(parents=True, mode=0o700)  # as an operator should: serve warns otherwise
     settings = Settings(data_dir=data, rate_limit=1e9, rate_burst=10**9)
     container = create_container(settings)
     container.api_keys.override(providers.Object(MemoryApiKeyStore()))

@@ -34,12 +34,13 @@ from bench.common import (
     scratch_dir,
     start_bare_app,
 )
-from bench.load import HOST, free_port, request_bytes, run_load, stop, wait_http
+from bench.load import HOST, request_bytes, run_load, stop, wait_http
 from telemetry.adapters.clock import SystemClock
 from telemetry.adapters.sqlite_queue import SqliteQueue
 from telemetry.domain.accept import AcceptReadings
 from telemetry.domain.readings import ReadingRules
 from telemetry.entrypoints.http import bodies as wire
+from telemetry.entrypoints.loopback import free_port
 from telemetry.entrypoints.settings import Settings
 
 

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
+from telemetry.entrypoints.loopback import HOST
+
 BIN = Path(sys.executable).parent
 
 
@@ -185,12 +185,6 @@ def run_load(kind: str, port: int, requests: list[bytes], *, seconds: float, pro
         return drive_wrk(port, requests, seconds=seconds, threads=procs, conns=procs * conns,
                          scratch=scratch)
     return drive(port, requests, seconds=seconds, procs=procs, conns=conns)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(port: int, path: str = "/healthz", timeout: float = 30.0) -> None:

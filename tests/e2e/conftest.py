@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from telemetry.entrypoints.loopback import free_port
 from tests.support import crash
 
 if TYPE_CHECKING:
     from tests.e2e.faulty_endpoint import FaultyEndpoint
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _argv(args: tuple[str, ...], crash_at: str | None) -> list[str]:

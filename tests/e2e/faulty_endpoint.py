@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-from tests.e2e.conftest import free_port
+from telemetry.entrypoints.loopback import free_port
 
 _HOP_BY_HOP = ("connection", "transfer-encoding", "content-length", "server", "date")
 

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import boto3
 import httpx
 import pytest
 
+from telemetry.entrypoints.loopback import free_port
 from tests.support import moto as moto_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -32,12 +32,6 @@ def _readme_init_line() -> str:
     m = re.search(r'^eval "\$\(telemetry aws init [^\n]*\)"$', block, re.M)
     assert m, "the README's AWS section has no `eval \"$(telemetry aws init ...)\"` line"
     return m.group(0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +75,7 @@ def test_serve_worker_and_aggregate_run_from_the_documented_variables(
     made = _telemetry(work, env, "keys", "create", "--name", "gw", "--vehicles", "car-*")
     assert made.returncode == 0, made.stderr
     key = made.stdout.splitlines()[-1]
-    port = _free_port()
+    port = free_port()
     log = (work / "serve.log").open("w")
     serve = subprocess.Popen([str(BIN / "telemetry"), "serve", "--port", str(port)], env=env,
                              cwd=work, stdout=log, stderr=subprocess.STDOUT)

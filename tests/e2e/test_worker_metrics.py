@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import Pipeline, free_port
+from telemetry.entrypoints.loopback import free_port
+from tests.e2e.conftest import Pipeline
 from tests.prometheus_text import samples
 
 pytestmark = pytest.mark.e2e

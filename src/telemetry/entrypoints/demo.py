@@ -13,7 +13,6 @@ import contextlib
 import math
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,16 +33,11 @@ from telemetry.domain.readings import Record
 from telemetry.entrypoints import logs, report
 from telemetry.entrypoints.aggregate_jobs import with_progress
 from telemetry.entrypoints.container import Container, create_container
+from telemetry.entrypoints.loopback import free_port
 from telemetry.entrypoints.settings import install_hint, load_settings
 from telemetry.entrypoints.simulate import simulate
 from telemetry.entrypoints.worker import Worker
 from telemetry.entrypoints.worker_observers import DrainProgress, observers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from telemetry.adapters.private_files import open_private
+from telemetry.entrypoints.loopback import free_port
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -87,12 +87,6 @@ def serve_moto(argv: list[str]) -> None:
     main(argv)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class MotoServer:
     """`python -m moto.server` on a free loopback port, as a child process.
 
@@ -125,7 +119,7 @@ class MotoServer:
 
     def start(self, timeout: float = 30.0) -> str:
         for _ in range(3):  # the free port may be taken between probing and binding
-            port = _free_port()
+            port = free_port()
             if self.log_path is not None:
                 self._log = os.fdopen(  # closed by stop()
                     open_private(self.log_path, os.O_WRONLY | os.O_APPEND), "ab")
