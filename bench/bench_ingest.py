@@ -6,21 +6,25 @@ with the FastAPI + pydantic peer (`bench/fastapi_peer.py`) on the same kind of q
 One server process each, started fresh on a fresh data dir per run, driven in turn by the same
 load (`bench/load.py`: 2 processes x 8 keep-alive connections, as fast as answered). Both
 servers' resident memory is sampled during the run (`--seconds 600` for a sustained run).
-The load generator shares the machine's cores with the server.
+The load generator shares the machine's cores with the server, unless `--pin` gives each
+server its own CPU (the first; one per process) and the load generator the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bench.common import base_parser, emit, median, request_bodies, rss_kib, scratch_dir
-from bench.load import create_key, free_port, request_bytes, run_load, start_peer, start_serve, stop
+from bench.load import create_key, request_bytes, run_load, start_peer, start_serve, stop
+from telemetry.entrypoints.loopback import free_port
 
 
 class RssSampler(threading.Thread):
@@ -72,24 +76,28 @@ def _process_tree(pid: int) -> list[int]:
 
 
 def one_server(kind: str, root: Path, key: str | None, bodies: list[bytes], seconds: float,
-               procs: int, conns: int, workers: int = 1, load: str = "python"
-               ) -> dict[str, Any]:
+               procs: int, conns: int, workers: int = 1, load: str = "python",
+               pin: bool = False) -> dict[str, Any]:
     data = root / f"{kind}-data"
     shutil.rmtree(data, ignore_errors=True)
-    data.mkdir(parents=True)
+    data.mkdir(parents=True, mode=0o700)  # as an operator should: serve warns otherwise
     port = free_port()
     if kind == "ours":
         key = create_key(data)
-        server = start_serve(data, port, "--workers", str(workers))
-    else:
-        assert key is not None
-        server = start_peer(data, port, key)
+    assert key is not None
+    server_cpus, load_cpus = _pinning(workers if kind == "ours" else 1) if pin else (None, None)
+    with _affinity(server_cpus):  # inherited by the server's processes and threads
+        if kind == "ours":
+            server = start_serve(data, port, "--workers", str(workers))
+        else:
+            server = start_peer(data, port, key)
     try:
         reqs = [request_bytes(port, "/v1/readings", b, {"X-API-Key": key}) for b in bodies]
         sampler = RssSampler(server.pid)
         sampler.start()
-        res = run_load(load, port, reqs, seconds=seconds, procs=procs, conns=conns,
-                       scratch=root / "wrk")
+        with _affinity(load_cpus):
+            res = run_load(load, port, reqs, seconds=seconds, procs=procs, conns=conns,
+                           scratch=root / "wrk")
         rss = sampler.finish()
     finally:
         stop(server)
@@ -97,6 +105,29 @@ def one_server(kind: str, root: Path, key: str | None, bodies: list[bytes], seco
     per_request = len(_readings_of(bodies[0]))
     return {"readings_per_s": res.accepted * per_request / res.seconds,
             "requests": res.requests, "errors": res.errors, "statuses": res.statuses, **rss}
+
+
+def _pinning(server_cores: int) -> tuple[set[int], set[int]]:
+    """`--pin`: the first `server_cores` usable CPUs for the server, the rest for the load."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) <= server_cores:
+        raise SystemExit(f"--pin needs more than {server_cores} CPUs, this process has "
+                         f"{len(cpus)}")
+    return set(cpus[:server_cores]), set(cpus[server_cores:])
+
+
+@contextlib.contextmanager
+def _affinity(cpus: set[int] | None) -> Iterator[None]:
+    """This process (and what it starts meanwhile) on `cpus`; None: unchanged."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _readings_of(body: bytes) -> list[Any]:
@@ -122,6 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--load", choices=("python", "wrk"), default="python",
                     help="load generator: bench/load.py (default), or wrk (Debian package "
                          "`wrk`), lighter, with --load-procs threads x --conns connections each")
+    ap.add_argument("--pin", action="store_true",
+                    help="each server on its own CPUs (one per process: the first ones), the "
+                    "load generator on the others, so that they never share a core")
     ap.add_argument("--dir", help="scratch directory (default: a fresh temp dir)")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -140,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if kind == "peer" and key is None:
                     key = "bench-peer-key"
                 r = one_server(kind, root, key, bodies, args.seconds, args.load_procs,
-                               args.conns, args.workers, args.load)
+                               args.conns, args.workers, args.load, args.pin)
                 if r["errors"]:
                     print(f"{kind}: {r['errors']} non-202 answers: {r['statuses']}")
                 runs[kind].append(r)
@@ -150,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "per_request": args.per_request,
                               "one_vehicle_per_request": args.one_vehicle,
                               "load": f"{args.load}: {args.load_procs} x {args.conns} conns",
-                              "ours_workers": args.workers}
+                              "ours_workers": args.workers, "pinned": args.pin}
     for kind, rs in runs.items():
         rates = [r["readings_per_s"] for r in rs]
         result[f"{kind}_readings_per_s_median"] = median(rates)
