@@ -1215,19 +1215,33 @@ aggregate_hour(PyObject *self, PyObject *args)
         return NULL;
     }
     if (!PyList_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "aggregate_hour() takes a list of bytes");
+        PyErr_SetString(PyExc_TypeError, "aggregate_hour() takes a list of bytes-like objects");
         return NULL;
     }
-    /* Hold the blobs: the scan keeps pointers into them, and a list item can be replaced. */
+    /* Hold the blobs: the scan keeps pointers into them, and a list item can be replaced.
+     * Any contiguous buffer will do (bytes, or a file mapped into memory): a view of each is
+     * held until the end. */
     PyObject *blobs = PySequence_Tuple(arg);
     if (blobs == NULL) {
         return NULL;
     }
     Py_ssize_t nb = PyTuple_GET_SIZE(blobs);
-    for (Py_ssize_t b = 0; b < nb; b++) {
-        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(blobs, b))) {
+    Py_buffer *views = PyMem_Calloc(nb ? (size_t)nb : 1, sizeof(Py_buffer));
+    if (views == NULL) {
+        Py_DECREF(blobs);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t held = 0;
+    for (; held < nb; held++) {
+        if (PyObject_GetBuffer(PyTuple_GET_ITEM(blobs, held), &views[held],
+                               PyBUF_SIMPLE) < 0) {
+            for (Py_ssize_t b = 0; b < held; b++) {
+                PyBuffer_Release(&views[b]);
+            }
+            PyMem_Free(views);
             Py_DECREF(blobs);
-            PyErr_SetString(PyExc_TypeError, "aggregate_hour() takes a list of bytes");
+            PyErr_SetString(PyExc_TypeError,
+                            "aggregate_hour() takes a list of bytes-like objects");
             return NULL;
         }
     }
@@ -1248,9 +1262,8 @@ aggregate_hour(PyObject *self, PyObject *args)
         goto done;
     }
     for (Py_ssize_t b = 0; b < nb; b++) {
-        PyObject *blob = PyTuple_GET_ITEM(blobs, b);
-        const char *p = PyBytes_AS_STRING(blob);
-        const char *end = p + PyBytes_GET_SIZE(blob);
+        const char *p = views[b].buf;
+        const char *end = p + views[b].len;
         while (p < end) {
             const char *nl = memchr(p, '\n', (size_t)(end - p));
             const char *line_end = nl ? nl : end;
@@ -1274,6 +1287,10 @@ done:
         kept.busy = 0;
     }
     scan_free(&sc);
+    for (Py_ssize_t b = 0; b < nb; b++) {
+        PyBuffer_Release(&views[b]);
+    }
+    PyMem_Free(views);
     Py_DECREF(blobs);
     return result;
 }

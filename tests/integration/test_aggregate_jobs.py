@@ -3,6 +3,7 @@ split over processes, write exactly what one process writes."""
 
 from __future__ import annotations
 
+import gzip
 import random
 from datetime import timedelta
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from telemetry.adapters.filesystem import FilesystemStorage
+from telemetry.adapters.memory import MemoryStorage
 from telemetry.domain import aggregation, lake
 from telemetry.domain.aggregate import AggregateHours
 from telemetry.domain.readings import Record, encode_record
@@ -64,6 +66,23 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     elif aggregation.hour_kernel is None:
         pytest.skip("telemetry._hourscan is not built")
     return str(request.param)
+
+
+def test_files_mapped_into_memory_aggregate_as_their_bytes_do(tmp_path: Path, kernel: str) -> None:
+    """A filesystem lake lends the scan its files mapped (`view`), gzip and empty files too;
+    the aggregates are those of the same objects read as bytes from memory."""
+    storage = _write_lake(tmp_path, 2, 3)
+    keys = storage.list(lake.RAW)
+    storage.put(keys[0][: -len(".jsonl")] + "-z.jsonl.gz", gzip.compress(storage.get(keys[0])))
+    storage.put(keys[-1][: -len(".jsonl")] + "-empty.jsonl", b"")
+    copy = MemoryStorage()
+    for key in storage.list(lake.RAW):
+        copy.put(key, storage.get(key))
+    contents = AggregateHours(storage).contents(storage.list(lake.RAW))
+    assert {type(c) for c in contents} == {memoryview, bytes}  # bytes: the gunzipped file
+    got = {r.key: storage.get(r.key) for r in AggregateHours(storage).changed()}
+    want = {r.key: copy.get(r.key) for r in AggregateHours(copy).changed()}
+    assert got == want and len(got) == 2
 
 
 @pytest.mark.parametrize(("hours", "files", "jobs"), [(3, 4, 2), (1, 4, 2), (1, 5, 3), (2, 3, 3)])

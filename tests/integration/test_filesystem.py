@@ -35,6 +35,7 @@ from telemetry.adapters.filesystem import FilesystemStorage
 from telemetry.domain.api_keys import hash_secret
 from telemetry.domain.errors import NotFound, StorageUnavailable
 from telemetry.domain.ports.api_keys import StoredApiKey
+from telemetry.domain.ports.storage import MappedStorage
 
 KEY = "raw/year=2026/month=11/day=29/hour=01/part-0001.jsonl"
 
@@ -90,6 +91,25 @@ def test_keys_are_paths_under_the_root(tmp_path: Path) -> None:
     s.put(KEY, b"{}\n")
     assert (tmp_path / "lake" / KEY).read_bytes() == b"{}\n"
     assert temp_files(tmp_path) == []
+
+
+def test_a_view_is_the_object_mapped_and_outlives_its_replacement(tmp_path: Path) -> None:
+    s = FilesystemStorage(tmp_path / "lake")
+    assert isinstance(s, MappedStorage)
+    s.put(KEY, b"{}\n" * 5000)
+    view = s.view(KEY)
+    assert view.readonly and bytes(view) == s.get(KEY)
+    s.put(KEY, b"[]\n")  # a new file renamed over it: the view keeps the old one
+    assert bytes(view) == b"{}\n" * 5000
+    s.delete(KEY)
+    assert bytes(view) == b"{}\n" * 5000
+    with pytest.raises(NotFound):
+        s.view(KEY)
+    s.put(KEY, b"")
+    assert bytes(s.view(KEY)) == b""  # an empty file cannot be mapped; still a view
+    (tmp_path / "lake" / "unreadable").mkdir()
+    with pytest.raises(NotFound):  # a directory is not an object, as for get
+        s.view("unreadable")
 
 
 def test_list_skips_temp_files_of_writes_in_progress_or_crashed(tmp_path: Path) -> None:

@@ -236,6 +236,18 @@ def test_the_kernel_takes_the_lines_the_worker_writes(blobs: list[bytes]) -> Non
     assert kernel_parts(blobs, 2) == got
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hours(ordinary=True))
+def test_any_contiguous_buffer_is_scanned_as_its_bytes(blobs: list[bytes]) -> None:
+    """Aggregation hands the kernel files mapped into memory (`FilesystemStorage.view`)."""
+    want = _hourscan.aggregate_hour(list(blobs))
+    assert want is not None
+    assert _hourscan.aggregate_hour([memoryview(b) for b in blobs]) == want
+    assert _hourscan.aggregate_hour([bytearray(b) for b in blobs]) == want
+    assert _hourscan.aggregate_hour([memoryview(b) for b in blobs], 1, 2) == (
+        _hourscan.aggregate_hour(list(blobs), 1, 2))
+
+
 def _mutations(data: bytes, rng: random.Random) -> Iterator[bytes]:
     yield data[: rng.randrange(len(data) + 1)]
     for _ in range(4):
@@ -295,6 +307,8 @@ def test_it_refuses_what_is_not_a_list_of_bytes() -> None:
         _hourscan.aggregate_hour(bad)
     with pytest.raises(TypeError):
         _hourscan.aggregate_hour((b"",))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # a buffer, but not one piece of memory
+        _hourscan.aggregate_hour([b"", memoryview(b"{}\n{}")[::2]])
 
 
 def test_the_spelling_of_equal_extremes_follows_tie() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import secrets
 import stat
@@ -113,6 +114,25 @@ class FilesystemStorage:
             if exc.errno in _NOT_AN_OBJECT:
                 raise NotFound(key) from None
             raise self._unavailable("read", path, exc) from exc
+
+    def view(self, key: str) -> memoryview:
+        """The file mapped into memory, read-only (`MappedStorage`): no copy, and pages the
+        kernel already caches are shared. Safe because a published file is never written
+        again: `put` replaces it by a rename, and a deleted or replaced file stays mapped
+        until the view is dropped."""
+        path = self.root.joinpath(*_segments(key))
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    return memoryview(b"")  # mmap cannot map an empty file
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            if exc.errno in _NOT_AN_OBJECT:
+                raise NotFound(key) from None
+            raise self._unavailable("read", path, exc) from exc
+        with contextlib.suppress(OSError, AttributeError):  # advice only
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+        return memoryview(mapped)
 
     def list(self, prefix: str) -> list[str]:
         # The walk starts at the deepest directory the prefix names in full; the prefix's last,

@@ -15,7 +15,7 @@ from telemetry.domain.hour_slices import (
     HourSlice,
     SliceResult,
     combine_slices,
-    read_raw,
+    lend_raw,
     read_records,
 )
 from telemetry.domain.partials import distinct_partials, merge_partials, read_partials
@@ -82,16 +82,17 @@ class AggregateHours:
         native = aggregate_raw(hour, contents)
         if native is not None:
             return native[0], native[1], 0
-        hour_slice = HourSlice(self.storage, keys, contents)
+        hour_slice = HourSlice(self.storage, keys, [bytes(c) for c in contents])
         agg = hour_slice.aggregate(hour)
         if agg is None:
             raw = self.read_hour(keys)
             return len(raw), aggregate(hour, dedupe(raw)), 0
         return hour_slice.raw, agg, 0
 
-    def contents(self, keys: Sequence[str]) -> list[bytes]:
-        """The raw files' lines (gzip files decompressed), for the compiled kernel."""
-        return [read_raw(self.storage, k) for k in keys]
+    def contents(self, keys: Sequence[str]) -> list[bytes | memoryview]:
+        """The raw files' lines (gzip files decompressed), for the compiled kernel: lent by
+        the storage where it can (a file mapped into memory is not copied)."""
+        return [lend_raw(self.storage, k) for k in keys]
 
     def partials(self, hour: datetime, keys: Sequence[str]) -> Covered:
         """Raw key -> its envelopes' partials, for the raw files of `keys` that have them. An

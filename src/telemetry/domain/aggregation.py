@@ -595,12 +595,14 @@ _KernelSignal = tuple[str, int, Num, Num, float]  # name, count, min, max, fsum
 _KernelVehicle = tuple[str, int, int, int, list[_KernelSignal]]  # first, last: epoch us
 KernelScan = tuple[int, list[_KernelVehicle]]
 """Raw lines and per-vehicle statistics of one part of an hour, as the kernel returns them."""
-HourKernel = Callable[[list[bytes], int, int], KernelScan | None]
+HourKernel = Callable[[list[bytes | memoryview], int, int], KernelScan | None]
 hour_kernel: HourKernel | None = _aggregate_hour
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def scan_raw(blobs: list[bytes], part: int = 0, parts: int = 1) -> KernelScan | None:
+def scan_raw(
+    blobs: list[bytes | memoryview], part: int = 0, parts: int = 1
+) -> KernelScan | None:
     """The kernel's scan of an hour's raw file contents (gunzipped), for the vehicles of
     `part` of `parts`; None when it is not built or leaves these lines to the Python paths."""
     if hour_kernel is None:
@@ -625,7 +627,9 @@ def aggregate_scans(hour: datetime, scans: Iterable[KernelScan]) -> tuple[int, H
     return lines, out
 
 
-def aggregate_raw(hour: datetime, blobs: list[bytes]) -> tuple[int, HourAggregate] | None:
+def aggregate_raw(
+    hour: datetime, blobs: list[bytes | memoryview]
+) -> tuple[int, HourAggregate] | None:
     """The raw line count and aggregate of an hour's raw file contents, as `aggregate_lean`
     over their lean records; None when the kernel is not built or leaves them to Python."""
     scan = scan_raw(blobs)

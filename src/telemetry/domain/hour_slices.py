@@ -15,7 +15,7 @@ import msgspec
 
 from telemetry.domain.aggregation import HourAggregate, Identity, RawDecoder, aggregate_lean
 from telemetry.domain.errors import CorruptRawFile
-from telemetry.domain.ports.storage import Storage
+from telemetry.domain.ports.storage import MappedStorage, Storage
 from telemetry.domain.readings import Record
 
 _records_decoder = msgspec.json.Decoder(Record)
@@ -25,6 +25,15 @@ _Key = TypeVar("_Key", bound=Hashable)
 def read_raw(storage: Storage, key: str) -> bytes:
     """A raw file's lines (gzip files decompressed)."""
     data = storage.get(key)
+    return gzip.decompress(data) if key.endswith(".gz") else data
+
+
+def lend_raw(storage: Storage, key: str) -> bytes | memoryview:
+    """`read_raw`, without a copy of the file where the storage lends its bytes (a file
+    mapped into memory; see `MappedStorage`): for the compiled scan, which takes either."""
+    if not isinstance(storage, MappedStorage):
+        return read_raw(storage, key)
+    data = storage.view(key)
     return gzip.decompress(data) if key.endswith(".gz") else data
 
 

@@ -195,8 +195,8 @@ def split_hour(
 
 
 def _kernel_part(
-    conn: Connection, inherited: list[Connection], contents: list[bytes], part: int,
-    parts: int,
+    conn: Connection, inherited: list[Connection], contents: list[bytes | memoryview],
+    part: int, parts: int,
 ) -> None:
     for c in inherited:
         c.close()

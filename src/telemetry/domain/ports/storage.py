@@ -25,3 +25,14 @@ class Storage(Protocol):
         """Remove `key`; a key that is not there is no error."""
         ...
 
+
+@runtime_checkable
+class MappedStorage(Protocol):
+    """Storage that can lend an object's bytes without copying them (a file mapped into
+    memory). Aggregation scans whole raw files this way where the storage offers it."""
+
+    def view(self, key: str) -> memoryview:
+        """The object's bytes, read-only, as `get` would return them; NotFound as `get`.
+        Valid while the view is held, also after the object is deleted or replaced."""
+        ...
+
