@@ -4,12 +4,14 @@ split over processes, write exactly what one process writes."""
 from __future__ import annotations
 
 import gzip
+import mmap
 import random
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from telemetry.adapters import filesystem
 from telemetry.adapters.filesystem import FilesystemStorage
 from telemetry.adapters.memory import MemoryStorage
 from telemetry.domain import aggregation, lake
@@ -68,9 +70,12 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
-def test_files_mapped_into_memory_aggregate_as_their_bytes_do(tmp_path: Path, kernel: str) -> None:
+def test_files_mapped_into_memory_aggregate_as_their_bytes_do(
+    tmp_path: Path, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A filesystem lake lends the scan its files mapped (`view`), gzip and empty files too;
     the aggregates are those of the same objects read as bytes from memory."""
+    monkeypatch.setattr(filesystem, "MAP_MIN_BYTES", 1)  # map these small files too
     storage = _write_lake(tmp_path, 2, 3)
     keys = storage.list(lake.RAW)
     storage.put(keys[0][: -len(".jsonl")] + "-z.jsonl.gz", gzip.compress(storage.get(keys[0])))
@@ -80,6 +85,9 @@ def test_files_mapped_into_memory_aggregate_as_their_bytes_do(tmp_path: Path, ke
         copy.put(key, storage.get(key))
     contents = AggregateHours(storage).contents(storage.list(lake.RAW))
     assert {type(c) for c in contents} == {memoryview, bytes}  # bytes: the gunzipped file
+    # mapped, and the empty file's copy
+    assert {type(c.obj) for c in contents if isinstance(c, memoryview)} == {mmap.mmap, bytes}
+    del contents
     got = {r.key: storage.get(r.key) for r in AggregateHours(storage).changed()}
     want = {r.key: copy.get(r.key) for r in AggregateHours(copy).changed()}
     assert got == want and len(got) == 2

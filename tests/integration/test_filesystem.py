@@ -13,8 +13,10 @@ it does not:
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from telemetry.adapters import filesystem
 from telemetry.adapters.api_key_file import FileApiKeyStore
 from telemetry.adapters.filesystem import FilesystemStorage
 from telemetry.domain.api_keys import hash_secret
@@ -93,23 +96,48 @@ def test_keys_are_paths_under_the_root(tmp_path: Path) -> None:
     assert temp_files(tmp_path) == []
 
 
+BIG = b"{}\n" * (filesystem.MAP_MIN_BYTES // 3 + 1)
+
+
 def test_a_view_is_the_object_mapped_and_outlives_its_replacement(tmp_path: Path) -> None:
     s = FilesystemStorage(tmp_path / "lake")
     assert isinstance(s, MappedStorage)
-    s.put(KEY, b"{}\n" * 5000)
+    s.put(KEY, BIG)
     view = s.view(KEY)
+    assert isinstance(view.obj, mmap.mmap)
     assert view.readonly and bytes(view) == s.get(KEY)
     s.put(KEY, b"[]\n")  # a new file renamed over it: the view keeps the old one
-    assert bytes(view) == b"{}\n" * 5000
+    assert bytes(view) == BIG
     s.delete(KEY)
-    assert bytes(view) == b"{}\n" * 5000
+    assert bytes(view) == BIG
     with pytest.raises(NotFound):
         s.view(KEY)
-    s.put(KEY, b"")
-    assert bytes(s.view(KEY)) == b""  # an empty file cannot be mapped; still a view
+    for small in (b"", b"{}\n"):  # copied, not mapped (an empty file cannot be)
+        s.put(KEY, small)
+        got = s.view(KEY)
+        assert isinstance(got.obj, bytes) and bytes(got) == small
     (tmp_path / "lake" / "unreadable").mkdir()
     with pytest.raises(NotFound):  # a directory is not an object, as for get
         s.view("unreadable")
+
+
+def test_live_mappings_are_bounded_and_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each mapping holds a file descriptor: past the bound, views are copies."""
+    slots = filesystem._Slots(2)
+    monkeypatch.setattr(FilesystemStorage, "_mappings", slots)
+    s = FilesystemStorage(tmp_path / "lake")
+    keys = [KEY.replace("0001", f"000{i}") for i in range(3)]
+    for k in keys:
+        s.put(k, BIG)
+    views = [s.view(k) for k in keys]
+    assert [type(v.obj) for v in views] == [mmap.mmap, mmap.mmap, bytes]
+    assert all(bytes(v) == BIG for v in views) and slots.live == 2
+    del views
+    gc.collect()
+    assert slots.live == 0
+    assert isinstance(s.view(keys[2]).obj, mmap.mmap)
 
 
 def test_list_skips_temp_files_of_writes_in_progress_or_crashed(tmp_path: Path) -> None:

@@ -28,7 +28,9 @@ import mmap
 import os
 import secrets
 import stat
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +40,35 @@ from telemetry.adapters.private_files import make_private_dir, missing_dirs, ope
 from telemetry.domain.errors import NotFound, StorageUnavailable
 
 _NOT_AN_OBJECT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+
+# `view` maps files of at least this size; copying a smaller one costs less than mapping it.
+MAP_MIN_BYTES = 1 << 20
+# Live mappings per process at most: each holds a file descriptor (Python's mmap keeps a
+# duplicate), and an hour of thousands of files must not exhaust RLIMIT_NOFILE (often 1,024).
+MAX_MAPPED = 256
+
+
+class _Slots:
+    """A count of live mappings, shared by every FilesystemStorage of the process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.live = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self.live >= self.limit:
+                return False
+            self.live += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self.live -= 1
+
+
+_MAPPINGS = _Slots(MAX_MAPPED)
 # Bounded writes.
 _WRITE_CHUNK = 256 * 1024
 
@@ -68,6 +99,8 @@ def _fsync_dir(path: Path) -> None:
 
 class FilesystemStorage:
     """Objects as files under `root`."""
+
+    _mappings = _MAPPINGS
 
     def __init__(
         self,
@@ -119,17 +152,24 @@ class FilesystemStorage:
         """The file mapped into memory, read-only (`MappedStorage`): no copy, and pages the
         kernel already caches are shared. Safe because a published file is never written
         again: `put` replaces it by a rename, and a deleted or replaced file stays mapped
-        until the view is dropped."""
+        until the view is dropped. A small file, or one beyond `MAX_MAPPED` live mappings,
+        is read into memory instead (a view of the copy)."""
         path = self.root.joinpath(*_segments(key))
         try:
             with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size == 0:
-                    return memoryview(b"")  # mmap cannot map an empty file
-                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                size = os.fstat(f.fileno()).st_size
+                if size < MAP_MIN_BYTES or not self._mappings.take():
+                    return memoryview(f.read())
+                try:
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                except BaseException:
+                    self._mappings.give()
+                    raise
         except OSError as exc:
             if exc.errno in _NOT_AN_OBJECT:
                 raise NotFound(key) from None
             raise self._unavailable("read", path, exc) from exc
+        weakref.finalize(mapped, self._mappings.give)
         with contextlib.suppress(OSError, AttributeError):  # advice only
             mapped.madvise(mmap.MADV_SEQUENTIAL)
         return memoryview(mapped)
