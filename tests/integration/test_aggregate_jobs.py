@@ -70,13 +70,15 @@ def kernel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return str(request.param)
 
 
+@pytest.mark.parametrize(("hours", "jobs"), [(2, 1), (2, 2), (1, 2)])
 def test_files_mapped_into_memory_aggregate_as_their_bytes_do(
-    tmp_path: Path, kernel: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, kernel: str, monkeypatch: pytest.MonkeyPatch, hours: int, jobs: int
 ) -> None:
     """A filesystem lake lends the scan its files mapped (`view`), gzip and empty files too;
-    the aggregates are those of the same objects read as bytes from memory."""
+    the aggregates are those of the same objects read as bytes from memory, in one process,
+    hours over processes, or one hour split over forks that share the parent's mappings."""
     monkeypatch.setattr(filesystem, "MAP_MIN_BYTES", 1)  # map these small files too
-    storage = _write_lake(tmp_path, 2, 3)
+    storage = _write_lake(tmp_path, hours, 3)
     keys = storage.list(lake.RAW)
     storage.put(keys[0][: -len(".jsonl")] + "-z.jsonl.gz", gzip.compress(storage.get(keys[0])))
     storage.put(keys[-1][: -len(".jsonl")] + "-empty.jsonl", b"")
@@ -88,9 +90,11 @@ def test_files_mapped_into_memory_aggregate_as_their_bytes_do(
     # mapped, and the empty file's copy
     assert {type(c.obj) for c in contents if isinstance(c, memoryview)} == {mmap.mmap, bytes}
     del contents
-    got = {r.key: storage.get(r.key) for r in AggregateHours(storage).changed()}
+    service = AggregateHours(storage)
+    got = {r.key: storage.get(r.key)
+           for r in service.changed(aggregate_jobs.runner(lambda: AggregateHours(storage), jobs))}
     want = {r.key: copy.get(r.key) for r in AggregateHours(copy).changed()}
-    assert got == want and len(got) == 2
+    assert got == want and len(got) == hours
 
 
 @pytest.mark.parametrize(("hours", "files", "jobs"), [(3, 4, 2), (1, 4, 2), (1, 5, 3), (2, 3, 3)])
