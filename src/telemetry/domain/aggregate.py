@@ -37,6 +37,8 @@ class AggregateResult:
 # 2: a reading's identity became (vehicle_id, reading_id) (ADR 0010). A state of an older
 # version says nothing about what its aggregates would be now, so every hour is redone once.
 _STATE_VERSION = 2
+# Saves of the state in a run over every hour of the lake, at most (see `changed`).
+SAVES_PER_RUN = 256
 
 
 class _State(msgspec.Struct):
@@ -200,13 +202,26 @@ class AggregateHours:
         ]
         keys_of = {lake.format_hour(h): keys for h, keys in todo}
         results: list[AggregateResult] = []
-        for r in (run or self._run_here)(todo):
-            hour_text = lake.format_hour(r.hour)
-            state.hours[hour_text] = sorted(keys_of[hour_text])
-            state.counts[hour_text] = [r.raw_records, r.readings]
-            results.append(r)
-            # Saved after every hour: a crash costs at most one hour's work again.
-            self.storage.put(lake.AGGREGATE_STATE, _state_encoder.encode(state))
+        # The state lists every hour's files, so one save costs in proportion to the lake:
+        # saved after every hour, a run over all of a long lake's hours (its first, or after
+        # a version change) would write it quadratically. Saved after every `every` hours and
+        # at the end instead, a crash costs at most `every` hours' work again (one, while the
+        # lake holds fewer than 2 x SAVES_PER_RUN hours).
+        every = max(1, len(files) // SAVES_PER_RUN)
+        unsaved = 0
+        try:
+            for r in (run or self._run_here)(todo):
+                hour_text = lake.format_hour(r.hour)
+                state.hours[hour_text] = sorted(keys_of[hour_text])
+                state.counts[hour_text] = [r.raw_records, r.readings]
+                results.append(r)
+                unsaved += 1
+                if unsaved >= every:
+                    self.storage.put(lake.AGGREGATE_STATE, _state_encoder.encode(state))
+                    unsaved = 0
+        finally:
+            if unsaved:  # also when an hour failed: the hours done before it are recorded
+                self.storage.put(lake.AGGREGATE_STATE, _state_encoder.encode(state))
         return sorted(results, key=lambda r: r.hour)
 
     def _state(self) -> _State:
