@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -58,6 +59,14 @@ def test_ingest_bench_runs_both_servers() -> None:
 def test_ingest_bench_runs_with_wrk_and_counts_its_answers() -> None:
     r = bench_ingest.main(["--tiny", "--json", "--only", "ours", "--load", "wrk"])
     assert r["ours_readings_per_s_median"] > 0 and r["ours_non_202"] == 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs two CPUs")
+def test_ingest_bench_pins_the_server_and_the_load_apart() -> None:
+    before = os.sched_getaffinity(0)
+    r = bench_ingest.main(["--tiny", "--json", "--only", "ours", "--pin"])
+    assert r["pinned"] and r["ours_readings_per_s_median"] > 0 and r["ours_non_202"] == 0
+    assert os.sched_getaffinity(0) == before  # the bench's own process is given back
 
 
 def test_ingest_floor_bench_runs() -> None:

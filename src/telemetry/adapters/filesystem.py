@@ -69,6 +69,7 @@ class _Slots:
 
 
 _MAPPINGS = _Slots(MAX_MAPPED)
+
 # Bounded writes.
 _WRITE_CHUNK = 256 * 1024
 
