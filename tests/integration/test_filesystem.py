@@ -140,6 +140,23 @@ def test_live_mappings_are_bounded_and_given_back(
     assert isinstance(s.view(keys[2]).obj, mmap.mmap)
 
 
+def test_a_file_that_cannot_be_mapped_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some network and FUSE filesystems refuse mmap: the view is then a copy, not an error."""
+    slots = filesystem._Slots(4)
+    monkeypatch.setattr(FilesystemStorage, "_mappings", slots)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(filesystem.mmap, "mmap", refuse)
+    s = FilesystemStorage(tmp_path / "lake")
+    s.put(KEY, BIG)
+    view = s.view(KEY)
+    assert isinstance(view.obj, bytes) and bytes(view) == BIG and slots.live == 0
+
+
 def test_list_skips_temp_files_of_writes_in_progress_or_crashed(tmp_path: Path) -> None:
     s = FilesystemStorage(tmp_path / "lake")
     s.put(KEY, b"whole\n")

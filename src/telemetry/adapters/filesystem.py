@@ -153,19 +153,22 @@ class FilesystemStorage:
         """The file mapped into memory, read-only (`MappedStorage`): no copy, and pages the
         kernel already caches are shared. Safe because a published file is never written
         again: `put` replaces it by a rename, and a deleted or replaced file stays mapped
-        until the view is dropped. A small file, or one beyond `MAX_MAPPED` live mappings,
-        is read into memory instead (a view of the copy)."""
+        until the view is dropped. A small file, one beyond `MAX_MAPPED` live mappings, or
+        one on a filesystem that cannot map it is read into memory instead (a view of the
+        copy)."""
         path = self.root.joinpath(*_segments(key))
         try:
             with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < MAP_MIN_BYTES or not self._mappings.take():
+                mapped = None
+                if os.fstat(f.fileno()).st_size >= MAP_MIN_BYTES and self._mappings.take():
+                    try:
+                        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    except BaseException as exc:
+                        self._mappings.give()
+                        if not isinstance(exc, OSError):
+                            raise
+                if mapped is None:
                     return memoryview(f.read())
-                try:
-                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-                except BaseException:
-                    self._mappings.give()
-                    raise
         except OSError as exc:
             if exc.errno in _NOT_AN_OBJECT:
                 raise NotFound(key) from None
