@@ -564,6 +564,19 @@ timestamp(const char *p, const char *end, int64_t *us)
 
 enum { F_RID = 1, F_VID = 2, F_TS = 4, F_RECV = 8, F_SIG = 16, F_ALL = 31 };
 
+/* What follows an object's member, p at it: 1 for the object's closing '}', 0 for a ','
+ * (*pp past either), -1 for anything else, the end of the line included. */
+static inline int
+member_end(const char **pp, const char *end)
+{
+    const char *p = *pp;
+    if (p >= end || (*p != '}' && *p != ',')) {
+        return -1;
+    }
+    *pp = p + 1;
+    return *p == '}';
+}
+
 /* The signals object; p after its '{'. 0 on success, 1 outside what the scanner takes,
  * -1 on memory failure. */
 static int
@@ -659,17 +672,16 @@ signals(Scan *sc, const char **pp, Line *ln)
         else {
             return 1;  /* null, nested values: Record refuses them, Python says how */
         }
-        if (p == FAIL || p >= end) {
+        if (p == FAIL) {
             return 1;
         }
-        if (*p == '}') {
-            p++;
+        int closed = member_end(&p, end);
+        if (closed < 0) {
+            return 1;
+        }
+        if (closed) {
             break;
         }
-        if (*p != ',') {
-            return 1;
-        }
-        p++;
     }
     ln->vals = first;
     ln->nvals = (uint32_t)(sc->vals.len - first);
@@ -775,17 +787,13 @@ parse_line(Scan *sc, const char *p, const char *line_end)
                 return 1;
             }
         }
-        if (p >= line_end) {
+        int closed = member_end(&p, line_end);
+        if (closed < 0) {
             return 1;
         }
-        if (*p == '}') {
-            p++;
+        if (closed) {
             break;
         }
-        if (*p != ',') {
-            return 1;
-        }
-        p++;
     }
     if (p != line_end || seen != F_ALL) {
         return 1;
