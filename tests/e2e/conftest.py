@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +81,15 @@ class Pipeline:
             except httpx.TransportError:
                 time.sleep(0.1)
         raise AssertionError("serve did not become healthy:\n" + self.log("serve"))
+
+    def post_one(self, key: str, reading_id: str) -> httpx.Response:
+        """One reading of car-1, now, on a connection of its own: the kernel spreads new
+        connections over the processes of `serve --workers N`."""
+        reading = {"vehicle_id": "car-1", "ts": datetime.now(UTC).isoformat(),
+                   "reading_id": reading_id, "signals": {"Vehicle.Speed": 1.0}}
+        with httpx.Client() as c:
+            return c.post(self.url + "/v1/readings", json={"readings": [reading]},
+                          headers={"X-API-Key": key}, timeout=30)
 
     def log(self, name: str) -> str:
         path = self.data_dir / f"{name}.log"
